@@ -1,0 +1,27 @@
+"""Command line: `python -m explorer COMMAND ...`; each command lives in the module that owns it."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, function taking argv, one-line help); modules are imported only when used
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "info": ("explorer.cli_info", "main", "show the device, data folder, cache folder and cached entries"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a command's own argument parser."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m explorer COMMAND [options]\n\ncommands:")
+        for name, (_, _, help_) in COMMANDS.items():
+            print(f"  {name:12s} {help_}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module, func, _ = COMMANDS[argv[0]]
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Small UI helpers shared by the pages: config errors, per-session jobs, live polling, provenance."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, TypeVar
+
+import streamlit as st
+
+from explorer.cache import Entry
+from explorer.config import ConfigError
+from explorer.jobs import Job, JobFn, default_runner
+
+T = TypeVar("T")
+
+
+def session_id() -> str:
+    """A stable id for this browser session (jobs are owned by it and reaped when it is gone)."""
+    if "_session_id" not in st.session_state:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        st.session_state["_session_id"] = ctx.session_id if ctx else f"local-{time.time_ns()}"
+    return st.session_state["_session_id"]
+
+
+def config_or_stop(build: Callable[[], T]) -> T:
+    """Build a config; a ConfigError (out-of-range or malformed setting) is shown and the page stops."""
+    try:
+        return build()
+    except ConfigError as exc:
+        st.error(f"Setting refused: {exc}")
+        st.stop()
+        raise  # unreachable: st.stop() raises
+
+
+def get_job(slot: str) -> Job | None:
+    """The job this session keeps in `slot` (None if there is none or the runner forgot it)."""
+    job_id = st.session_state.get(f"_job_{slot}")
+    job = default_runner().get(job_id) if job_id else None
+    if job is not None:
+        job.touch()
+    return job
+
+
+def start_job(slot: str, fn: JobFn, *, name: str = "", start_paused: bool = False) -> Job:
+    """Submit `fn` as this session's job in `slot`, cancelling the job that was there."""
+    old = get_job(slot)
+    if old is not None and not old.is_final:
+        old.cancel()
+    job = default_runner().submit(fn, name=name or slot, owner=session_id(), start_paused=start_paused)
+    st.session_state[f"_job_{slot}"] = job.id
+    return job
+
+
+def poll_job(job: Job, draw: Callable[[Job], Any], every: float = 0.5) -> None:
+    """Draw a job's latest state now and every `every` seconds until it is final; never blocks on training."""
+
+    @st.fragment(run_every=every if not job.is_final else None)
+    def _panel() -> None:
+        job.touch()
+        draw(job)
+        if job.state.value == "failed":
+            st.error(f"The job failed: {job.error}")
+
+    _panel()
+
+
+def show_provenance(entry: Entry, recompute: str | None = None) -> None:
+    """Say where a shown result comes from: computed now or precomputed, how, on what, when."""
+    meta = entry.meta
+    origin = "Precomputed result shipped with the app" if entry.shipped else "Result from the cache"
+    wall = meta.get("wall_time_s")
+    parts = [origin, f"computed {meta.get('created', '?')}", f"on {meta.get('device', '?')}",
+             f"code {meta.get('code_version', '?')}"]
+    if wall is not None:
+        parts.append(f"in {float(wall):.1f} s")
+    st.caption(" · ".join(parts) + (f" · recompute with `{recompute}`" if recompute else ""))
