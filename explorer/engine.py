@@ -130,10 +130,10 @@ class _Layer:
 class _Buffers:
     """Preallocated activations for one batch size, with the transposed views backward needs."""
 
-    def __init__(self, b: int, sizes: list[int], device: torch.device, identity: bool, dropout: bool):
+    def __init__(self, b: int, sizes: list[int], device: torch.device, alias_post: bool, dropout: bool):
         hidden = sizes[1:-1]
         self.pre = [torch.empty(b, n, device=device) for n in hidden]  # (b, n) linear outputs
-        self.post = [p if identity else torch.empty_like(p) for p in self.pre]  # after the activation
+        self.post = [p if alias_post else torch.empty_like(p) for p in self.pre]  # after the activation
         self.out = [torch.empty_like(p) for p in self.post] if dropout else self.post  # after dropout
         self.out_t = [o.t() for o in self.out]  # (n, b) views: the next layer's weight gradient
         k = sizes[-1]
@@ -189,8 +189,8 @@ class Trainer:
         self.gen = torch.Generator(device="cpu").manual_seed(train.seed)
         self.dev_gen = self.gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(train.seed)
         self._build(init_mlp_params(model, self.gen))
-        identity, dropout = self.act.forward_out is None, model.dropout > 0
-        self._bufs = {b: _Buffers(b, model.sizes, self.device, identity, dropout)
+        alias_post = self.act.forward_out is None and not model.batch_norm  # linear: post is pre
+        self._bufs = {b: _Buffers(b, model.sizes, self.device, alias_post, model.dropout > 0)
                       for b in {self.batch_size, self.n % self.batch_size} if b}
         self.epoch = 0
         self.step_count = 0
