@@ -110,6 +110,12 @@ GENERATORS: dict[str, Callable[[int, float, np.random.Generator], Points]] = {
     "gaussian bump": _gauss_bump,
 }
 UPLOAD = "upload"
+REGRESSION_SETS = ("plane", "gaussian bump")
+
+
+def task_of(name: str) -> str:
+    """"classification" or "regression" for a built-in data set."""
+    return "regression" if name in REGRESSION_SETS else "classification"
 
 
 def _sin1(x: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -110,6 +111,12 @@ class Job:
         """The current state."""
         with self._cond:
             return self._state
+
+    @property
+    def pause_requested(self) -> bool:
+        """True when the job is paused or will pause at its next checkpoint."""
+        with self._cond:
+            return self._pause_requested
 
     @property
     def is_final(self) -> bool:
@@ -404,6 +411,8 @@ def default_runner() -> JobRunner:
         if _default is None:
             max_running, orphan_timeout = _limits_from_env()
             _default = JobRunner(max_running=max_running, orphan_timeout=orphan_timeout)
+            # Stop jobs before the interpreter tears down (a torch op in a daemon thread at exit aborts).
+            atexit.register(_default.shutdown, cancel=True, timeout=2.0)
         return _default
 
 

@@ -1,0 +1,44 @@
+"""explorer: watch deep-learning phenomena happen. Router (st.navigation) and home page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """A page of the app and the one line that tells a student what they will see there."""
+
+    path: str
+    title: str
+    icon: str
+    see: str
+    url: str  # URL path; differs from the file name so Streamlit never serves pages/ files on their own
+
+
+PAGES = [
+    PageInfo("pages/playground.py", "Decision boundaries", "🧭",
+             "A small network's decision boundary forming live on a 2D data set, neuron by neuron.", "boundaries"),
+]
+
+
+def home() -> None:
+    st.title("Deep-learning phenomena, live")
+    st.write("Each page trains real networks on your machine's best device and shows what happens. "
+             "Pick one:")
+    cols = st.columns(2)
+    for i, info in enumerate(PAGES):
+        with cols[i % 2].container(border=True):
+            st.page_link(info.path, label=f"**{info.title}**", icon=info.icon)
+            st.caption(info.see)
+
+
+st.set_page_config(page_title="explorer", page_icon="🔬", layout="wide")
+nav = st.navigation([st.Page(home, title="Home", icon="🏠", default=True)]
+                    + [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in PAGES])
+nav.run()

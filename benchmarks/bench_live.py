@@ -1,0 +1,47 @@
+"""Live view in a real browser: boundary updates per second and bytes per update (targets: >= 10/s, <= 50 KB).
+
+Starts `streamlit run app.py`, opens the decision-boundary page in headless Chromium, presses Play at
+maximum speed and counts distinct boundary images over a window. The baseline is the naive Streamlit
+pattern from FACTS.md: st.fragment(run_every=0.05) redrawing st.image (about 5 frames per second there).
+Usage: python -m benchmarks.bench_live [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from playwright.sync_api import sync_playwright
+
+from benchmarks.live_browser import (CHROMIUM_ARGS, chromium_path, dismiss_modal, measure_live, open_page,
+                                     streamlit_server)
+
+NAIVE_BASELINE_FPS = 5.0  # FACTS.md: run_every=0.05 + st.image, measured on these machines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--speed", type=int, default=0, help="epochs per second (0 = max)")
+    args = ap.parse_args()
+    exe = chromium_path()
+    if exe is None:
+        raise SystemExit("Chromium not found: apt-get install -y chromium")
+    with streamlit_server() as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        open_page(page, f"{url}/boundaries?speed={args.speed}&epochs=100000&hidden=8,8,8", "Output of the network")
+        time.sleep(2)
+        dismiss_modal(page)
+        page.get_by_role("button", name="Play").click()
+        time.sleep(1.5)
+        m = measure_live(page, args.seconds)
+        browser.close()
+    print(f"boundary updates: {m['frames']} in {args.seconds:.0f} s window -> {m['fps']:.1f} per second")
+    print(f"bytes per boundary update: mean {m['mean_bytes'] / 1024:.1f} KB, max {m['max_bytes'] / 1024:.1f} KB")
+    print(f"ratio updates per second vs naive run_every=0.05 fragment ({NAIVE_BASELINE_FPS:g}/s, FACTS.md): "
+          f"{m['fps'] / NAIVE_BASELINE_FPS:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Shared helpers to drive the app in headless Chromium: start the server, open a page, measure live frames."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--headless", "--disable-background-networking", "--no-sandbox", "--disable-gpu",
+                 "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str | None:
+    """Chromium from the system (Debian's package), or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict[str, str] | None = None, timeout: float = 60.0) -> Iterator[str]:
+    """Run `streamlit run app.py` on a free local port; yields the base URL; stops it afterwards."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+           ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited: {proc.stdout.read()}")
+            time.sleep(0.3)
+        else:
+            raise RuntimeError("streamlit did not start in time")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def open_page(page, url: str, ready_text: str, timeout_ms: int = 90_000) -> None:
+    """Go to a page and wait for its text; dismiss Streamlit's spurious "Page not found" modal.
+
+    Streamlit shows that modal on the first load of a non-default st.navigation page in headless mode
+    (streamlit/streamlit#9992) although the right page runs underneath.
+    """
+    page.goto(url)
+    page.get_by_text(ready_text).first.wait_for(timeout=timeout_ms)
+    dismiss_modal(page)
+
+
+def dismiss_modal(page) -> None:
+    """Close a "Page not found" dialog if one is open."""
+    for _ in range(3):
+        dialog = page.get_by_role("dialog")
+        if dialog.count() == 0:
+            return
+        page.keyboard.press("Escape")
+        time.sleep(0.3)
+
+
+WATCH_JS = """
+() => {
+  window.__frames = [];
+  let last = null;
+  const find = () => {
+    for (const el of document.querySelectorAll('[data-testid="stImage"]')) {
+      if (el.innerText.includes('Output of the network')) return el.querySelector('img');
+    }
+    return null;
+  };
+  window.__watch = setInterval(() => {
+    const img = find();
+    if (img && img.complete && img.src !== last) { last = img.src; window.__frames.push([performance.now(), img.src]); }
+  }, 4);
+}
+"""
+
+
+def measure_live(page, seconds: float) -> dict:
+    """After Play was pressed: distinct boundary images shown per second, and bytes per boundary image."""
+    sizes: dict[str, int] = {}
+
+    def on_response(resp) -> None:
+        if "/media/" in resp.url:
+            with contextlib.suppress(Exception):
+                sizes[resp.url] = len(resp.body())
+
+    page.on("response", on_response)
+    page.evaluate(WATCH_JS)
+    time.sleep(seconds)
+    frames = page.evaluate("() => { clearInterval(window.__watch); return window.__frames; }")
+    page.remove_listener("response", on_response)
+    if len(frames) < 2:
+        return {"frames": len(frames), "fps": 0.0, "max_bytes": 0, "mean_bytes": 0}
+    span = (frames[-1][0] - frames[0][0]) / 1000
+    boundary = [sizes[src] for _, src in frames if src in sizes]
+    return {"frames": len(frames), "fps": (len(frames) - 1) / span if span > 0 else 0.0,
+            "max_bytes": max(boundary, default=0), "mean_bytes": sum(boundary) / max(len(boundary), 1),
+            "sources": [src for _, src in frames]}
