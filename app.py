@@ -7,6 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from explorer.device import configure_threads
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -38,6 +40,7 @@ def home() -> None:
             st.caption(info.see)
 
 
+configure_threads()
 st.set_page_config(page_title="explorer", page_icon="🔬", layout="wide")
 nav = st.navigation([st.Page(home, title="Home", icon="🏠", default=True)]
                     + [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in PAGES])

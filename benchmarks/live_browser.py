@@ -101,18 +101,21 @@ WATCH_JS = """
 
 def measure_live(page, seconds: float) -> dict:
     """After Play was pressed: distinct boundary images shown per second, and bytes per boundary image."""
-    sizes: dict[str, int] = {}
+    responses: list = []
 
     def on_response(resp) -> None:
         if "/media/" in resp.url:
-            with contextlib.suppress(Exception):
-                sizes[resp.url] = len(resp.body())
+            responses.append(resp)
 
     page.on("response", on_response)
     page.evaluate(WATCH_JS)
-    time.sleep(seconds)
+    page.wait_for_timeout(seconds * 1000)  # lets Playwright dispatch events while we wait
     frames = page.evaluate("() => { clearInterval(window.__watch); return window.__frames; }")
     page.remove_listener("response", on_response)
+    sizes: dict[str, int] = {}
+    for resp in responses:
+        with contextlib.suppress(Exception):
+            sizes[resp.url] = len(resp.body())
     if len(frames) < 2:
         return {"frames": len(frames), "fps": 0.0, "max_bytes": 0, "mean_bytes": 0}
     span = (frames[-1][0] - frames[0][0]) / 1000

@@ -7,7 +7,6 @@ import random
 import time
 from urllib.parse import urlencode
 
-import pandas as pd
 import streamlit as st
 
 from explorer.data2d import DOMAIN, FEATURES, GENERATORS, UPLOAD, parse_points_csv, task_of
@@ -15,7 +14,7 @@ from explorer.engine import LOSSES, OPTIMIZERS
 from explorer.jobs import JobState
 from explorer.models import ACTIVATIONS, MAX_LAYERS, MAX_WIDTH
 from explorer.playground import SPEEDS, PlaygroundRun, Snapshot, build_config
-from explorer.render import boundary_png, matrix_png, tiles_png
+from explorer.render import boundary_png, curves_png, matrix_png, tiles_png
 from explorer.urlstate import Param, encode_params, parse_params
 from pages.common import config_or_stop, get_job, start_job
 
@@ -160,11 +159,8 @@ def _draw_snapshot(snap: Snapshot, run: PlaygroundRun, show_test: bool, discrete
     if not full:
         return
     h = snap.history
-    n = len(h["epoch"])
-    step = max(1, n // 400)
-    df = pd.DataFrame({"train loss": h["train_loss"][::step], "test loss": h["test_loss"][::step]},
-                      index=pd.Index(h["epoch"][::step], name="epoch"))
-    ph["curves"].line_chart(df, height=260, x_label="epoch", y_label="loss")
+    ph["curves"].image(curves_png({"train loss": (h["epoch"], h["train_loss"]),
+                                   "test loss": (h["epoch"], h["test_loss"])}), width=420)
     if snap.neurons:
         ph["neurons"].image(tiles_png(snap.neurons), caption="What each hidden neuron computes over the plane "
                             "(columns: layers; up to 12 neurons each)")
@@ -256,7 +252,7 @@ def _live(job, run: PlaygroundRun, show_test: bool, discrete: bool) -> None:
             if snap is not None and job.version != seen:
                 seen = job.version
                 now = time.monotonic()
-                full = now - last_full > 0.3 or job.state is not JobState.RUNNING
+                full = now - last_full > 0.25 or job.state is not JobState.RUNNING
                 _draw_snapshot(snap, run, show_test, discrete, ph, full)
                 last_full = now if full else last_full
                 if snap.status == "diverged":

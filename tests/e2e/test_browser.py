@@ -1,0 +1,70 @@
+"""End to end: `streamlit run app.py` in a subprocess, every page opened in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.live_browser import (CHROMIUM_ARGS, chromium_path, dismiss_modal, measure_live, open_page,
+                                     streamlit_server)
+
+pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = re.findall(r'PageInfo\("[^"]+", "([^"]+)", "[^"]*",\s*"[^"]*",\s*"([^"]+)"\)', (ROOT / "app.py").read_text())
+
+if chromium_path() is None:
+    pytest.skip("no Chromium installed (apt-get install -y chromium)", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser_page():
+    with streamlit_server() as url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield url, page, errors
+        browser.close()
+
+
+def _no_exception(page) -> None:
+    exc = page.locator('[data-testid="stException"]')
+    assert exc.count() == 0, exc.first.inner_text()
+
+
+def test_home_lists_all_pages(browser_page) -> None:
+    url, page, errors = browser_page
+    open_page(page, url, "Deep-learning phenomena")
+    for title, _ in PAGES:
+        assert page.get_by_role("link", name=re.compile(re.escape(title))).count() >= 1, title
+    _no_exception(page)
+
+
+@pytest.mark.parametrize("title, path", PAGES)
+def test_page_opens_without_error(browser_page, title: str, path: str) -> None:
+    url, page, errors = browser_page
+    open_page(page, f"{url}/{path}", title)
+    time.sleep(2)
+    dismiss_modal(page)
+    _no_exception(page)
+
+
+def test_playground_play_changes_the_boundary(browser_page) -> None:
+    url, page, errors = browser_page
+    open_page(page, f"{url}/boundaries?speed=0&epochs=100000", "Output of the network")
+    time.sleep(1)
+    dismiss_modal(page)
+    page.get_by_role("button", name="Play").click()
+    time.sleep(1.0)
+    m = measure_live(page, 4.0)
+    print(f"\nlive boundary: {m['frames']} updates, {m['fps']:.1f}/s, max {m['max_bytes'] / 1024:.1f} KB per image")
+    assert m["frames"] >= 3 and len(set(m["sources"])) >= 3
+    epoch = page.locator("strong", has_text="Epoch").first.inner_text()
+    assert int(epoch.split()[1].replace(",", "")) > 0
+    page.get_by_role("button", name="Pause").click()
+    _no_exception(page)
+    assert not errors
