@@ -153,7 +153,7 @@ class Data2DConfig:
         check_choice("data set", self.name, [*GENERATORS, UPLOAD])
         check_range("noise (%)", self.noise, 0, 50, integer=True)
         check_range("train ratio (%)", self.train_ratio, 10, 90, integer=True)
-        check_range("number of points", self.n_points, 20, MAX_UPLOAD_POINTS, integer=True)
+        check_range("number of points", self.n_points, 10, MAX_UPLOAD_POINTS, integer=True)
         check_range("data seed", self.seed, 0, 2**31 - 1, integer=True)
         if not self.features:
             raise ConfigError("pick at least one input feature")

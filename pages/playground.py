@@ -66,7 +66,7 @@ def _init_from_url() -> None:
 def _keep_widget_state() -> None:
     """Widgets hidden in lecture mode keep their values (Streamlit drops the state of unrendered widgets)."""
     for key in list(st.session_state.keys()):
-        if isinstance(key, str) and key.startswith(K) and not key.startswith(K + "btn"):
+        if isinstance(key, str) and key.startswith(K) and not key.startswith((K + "btn", K + "upload")):
             st.session_state[key] = st.session_state[key]
 
 
@@ -93,7 +93,6 @@ def _controls(hide: set[str]) -> tuple[dict, object, str]:
                 st.info("Upload a CSV with columns x1, x2, label (label 0-9 for classes, any number for regression).")
                 st.stop()
             upload, upload_sha = config_or_stop(lambda: parse_points_csv(f.getvalue()))
-            s[K + "points"] = len(upload.x)
         if "features" not in hide:
             st.pills("Input features", list(FEATURES), selection_mode="multi", key=K + "features")
     with c_net:
@@ -126,6 +125,8 @@ def _controls(hide: set[str]) -> tuple[dict, object, str]:
     values["hidden"] = tuple(int(s[f"{K}w{i}"]) for i in range(s[K + "layers"]))
     values["features"] = tuple(f for f in FEATURES if f in s[K + "features"])
     values["hide"] = tuple(s[K + "hide"])
+    if upload is not None:
+        values["points"] = len(upload.x)
     return values, upload, upload_sha
 
 

@@ -68,3 +68,17 @@ def test_playground_play_changes_the_boundary(browser_page) -> None:
     page.get_by_role("button", name="Pause").click()
     _no_exception(page)
     assert not errors
+
+
+def test_playground_csv_upload(browser_page) -> None:
+    url, page, errors = browser_page
+    open_page(page, f"{url}/boundaries?dataset=upload", "Upload a CSV")
+    dismiss_modal(page)
+    bad = {"name": "bad.csv", "mimeType": "text/csv", "buffer": b"x1,x2,label\n1,2\n"}
+    page.locator('input[type="file"]').set_input_files(files=[bad])
+    page.get_by_text("Setting refused").first.wait_for(timeout=30_000)
+    rows = "x1,x2,label\n" + "\n".join(f"{i % 7 - 3},{i % 5 - 2},{int(i % 7 > 3)}" for i in range(60))
+    good = {"name": "points.csv", "mimeType": "text/csv", "buffer": rows.encode()}
+    page.locator('input[type="file"]').set_input_files(files=[good])
+    page.get_by_text("Output of the network").first.wait_for(timeout=30_000)
+    _no_exception(page)
