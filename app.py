@@ -26,6 +26,9 @@ class PageInfo:
 PAGES = [
     PageInfo("pages/playground.py", "Decision boundaries", "🧭",
              "A small network's decision boundary forming live on a 2D data set, neuron by neuron.", "boundaries"),
+    PageInfo("pages/optimizers.py", "Optimizer race", "🏁",
+             "SGD to RAdam racing from the same start over a loss surface, then training the same network on "
+             "real data with live curves and a final table.", "race"),
 ]
 
 

@@ -55,14 +55,16 @@ def main() -> None:
     ap.add_argument("--hidden", default="8,8", help="hidden layer widths")
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--activation", default="tanh")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     dev = get_device()
     split = make_split(Data2DConfig(name="spiral", n_points=500, train_ratio=50), dev)
     model_cfg = MLPConfig(in_dim=2, out_dim=2, hidden=tuple(int(h) for h in args.hidden.split(",")),
                           activation=args.activation)
     cfg = TrainConfig(optimizer="sgd", lr=0.03, batch_size=args.batch)
     print(f"device: {describe_device(dev)}; network {model_cfg.sizes} {args.activation}; "
-          f"{len(split.x_train)} train points; batch {args.batch}; SGD")
+          f"{len(split.x_train)} train points; batch {args.batch}; SGD; {args.threads} torch thread(s)")
     base, ours = [], []
     for r in range(args.rounds):
         base.append(plain_loop(model_cfg, cfg, split.x_train, split.y_train, args.seconds))
