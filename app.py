@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
 from explorer.device import configure_threads
+from pages.registry import PAGES
 
 ROOT = Path(__file__).resolve().parent
-
-
-@dataclass(frozen=True)
-class PageInfo:
-    """A page of the app and the one line that tells a student what they will see there."""
-
-    path: str
-    title: str
-    icon: str
-    see: str
-    url: str  # URL path; differs from the file name so Streamlit never serves pages/ files on their own
-
-
-PAGES = [
-    PageInfo("pages/playground.py", "Decision boundaries", "🧭",
-             "A small network's decision boundary forming live on a 2D data set, neuron by neuron.", "boundaries"),
-    PageInfo("pages/optimizers.py", "Optimizer race", "🏁",
-             "SGD to RAdam racing from the same start over a loss surface, then training the same network on "
-             "real data with live curves and a final table.", "race"),
-]
 
 
 def home() -> None:

@@ -67,7 +67,12 @@ def open_page(page, url: str, ready_text: str, timeout_ms: int = 90_000) -> None
     (streamlit/streamlit#9992) although the right page runs underneath.
     """
     page.goto(url)
-    page.get_by_text(ready_text).first.wait_for(timeout=timeout_ms)
+    try:
+        page.get_by_text(ready_text).first.wait_for(timeout=timeout_ms)
+    except Exception:
+        shot = Path(os.environ.get("TMPDIR", "/tmp")) / "explorer-open-page-failure.png"
+        page.screenshot(path=str(shot), full_page=True)
+        raise RuntimeError(f"{ready_text!r} did not appear at {url}; screenshot: {shot}") from None
     dismiss_modal(page)
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from pages.registry import PAGES as REGISTRY
 from benchmarks.live_browser import (CHROMIUM_ARGS, chromium_path, dismiss_modal, measure_live, open_page,
                                      streamlit_server)
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = re.findall(r'PageInfo\("[^"]+", "([^"]+)", "[^"]*",\s*"[^"]*",\s*"([^"]+)"\)', (ROOT / "app.py").read_text())
+PAGES = [(p.title, p.url) for p in REGISTRY]
 
 if chromium_path() is None:
     pytest.skip("no Chromium installed (apt-get install -y chromium)", allow_module_level=True)
@@ -62,7 +63,12 @@ def test_playground_play_changes_the_boundary(browser_page) -> None:
     time.sleep(1.0)
     m = measure_live(page, 4.0)
     print(f"\nlive boundary: {m['frames']} updates, {m['fps']:.1f}/s, max {m['max_bytes'] / 1024:.1f} KB per image")
-    assert m["frames"] >= 3 and len(set(m["sources"])) >= 3
+    seen = set(m.get("sources", []))
+    deadline = time.monotonic() + 60  # a loaded CI machine may be slow; the image must still change
+    while len(seen) < 3 and time.monotonic() < deadline:
+        seen.add(page.locator('[data-testid="stImage"] img').first.get_attribute("src"))
+        page.wait_for_timeout(200)
+    assert len(seen) >= 3, "the boundary image did not change after Play"
     epoch = page.locator("strong", has_text="Epoch").first.inner_text()
     assert int(epoch.split()[1].replace(",", "")) > 0
     page.get_by_role("button", name="Pause").click()
