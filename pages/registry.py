@@ -19,6 +19,9 @@ class PageInfo:
 PAGES = [
     PageInfo("pages/playground.py", "Decision boundaries", "🧭",
              "A small network's decision boundary forming live on a 2D data set, neuron by neuron.", "boundaries"),
+    PageInfo("pages/data.py", "Data", "🖼️",
+             "Class balance, a gallery per class and a t-SNE/UMAP/PCA map of the test set: hover for images, "
+             "select a region, see why CIFAR-10 is harder than MNIST.", "data-explorer"),
     PageInfo("pages/optimizers.py", "Optimizer race", "🏁",
              "SGD to RAdam racing from the same start over a loss surface, then training the same network on "
              "real data with live curves and a final table.", "race"),
