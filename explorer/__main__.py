@@ -9,6 +9,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("explorer.cli_info", "main", "show the device, data folder, cache folder and cached entries"),
     "map": ("explorer.cli_map", "main", "compute a 2D map (t-SNE/UMAP/PCA) of a data set into the cache, optionally as CSV"),
+    "memorise": ("explorer.memorise", "main", "memorisation lab: corruption modes, p sweep, width sweep"),
+    "sweep": ("explorer.sweep", "main", "run a double-descent sweep spec (TOML); resumes from the cache"),
 }
 
 

@@ -25,4 +25,10 @@ PAGES = [
     PageInfo("pages/optimizers.py", "Optimizer race", "🏁",
              "SGD to RAdam racing from the same start over a loss surface, then training the same network on "
              "real data with live curves and a final table.", "race"),
+    PageInfo("pages/memorisation.py", "Memorisation: random labels", "🎲",
+             "The same network fitting true labels, random labels and noise side by side: 100% training accuracy "
+             "on random labels while test accuracy stays at chance.", "random-labels"),
+    PageInfo("pages/double_descent.py", "Double descent", "📈",
+             "Test error against model width with label noise: the peak at the interpolation threshold, "
+             "epoch-wise double descent, and random features peaking at p = n in seconds.", "double-descent-explorer"),
 ]
