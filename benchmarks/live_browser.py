@@ -66,7 +66,7 @@ def open_page(page, url: str, ready_text: str, timeout_ms: int = 90_000) -> None
     Streamlit shows that modal on the first load of a non-default st.navigation page in headless mode
     (streamlit/streamlit#9992) although the right page runs underneath.
     """
-    page.goto(url)
+    page.goto(url, wait_until="commit", timeout=timeout_ms)
     try:
         page.get_by_text(ready_text).first.wait_for(timeout=timeout_ms)
     except Exception:
