@@ -76,3 +76,21 @@ def show_provenance(entry: Entry, recompute: str | None = None) -> None:
     if wall is not None:
         parts.append(f"in {float(wall):.1f} s")
     st.caption(" · ".join(parts) + (f" · recompute with `{recompute}`" if recompute else ""))
+
+
+def settings_from_url(schema: dict, prefix: str, validate: Callable[[dict], Any] | None = None) -> dict:
+    """The URL's settings, checked on the server; refused ones leave a message and give the defaults.
+
+    `validate` raises ConfigError for a value the page cannot use; the message is stored under
+    `<prefix>link_error` for the page to show.
+    """
+    from explorer.urlstate import parse_params
+
+    try:
+        values = parse_params(schema, dict(st.query_params))
+        if validate is not None:
+            validate(values)
+        return values
+    except ConfigError as exc:
+        st.session_state[prefix + "link_error"] = f"The link's settings were refused: {exc}. Showing the defaults."
+        return {k: p.default for k, p in schema.items()}

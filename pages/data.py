@@ -10,11 +10,11 @@ import streamlit as st
 from explorer import datasets as D
 from explorer import embed as E
 from explorer import gallery as G
-from explorer.config import ConfigError, check_choice
+from explorer.config import check_choice
 from explorer.jobs import Job, JobState
 from explorer.quickfit import RecallConfig, recall_experiment
-from explorer.urlstate import Param, parse_params
-from pages.common import config_or_stop, get_job, poll_job, show_provenance, start_job
+from explorer.urlstate import Param
+from pages.common import config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
 
 K = "data_"  # widget-key prefix
 FOLDER = "folder"  # the menu entry for the user's own image folder
@@ -31,14 +31,11 @@ def _init_from_url() -> None:
     """First run of a session: settings from the URL, checked on the server; refused ones get a message."""
     if K + "dataset" in st.session_state:
         return
-    values = {k: p.default for k, p in SCHEMA.items()}
-    try:
-        parsed = parse_params(SCHEMA, dict(st.query_params))
-        check_choice("dataset", parsed["dataset"], [*D.NAMES, FOLDER])
-        E.MapConfig(method=parsed["method"], n_points=parsed["points"])
-        values = parsed
-    except ConfigError as exc:
-        st.session_state[K + "link_error"] = f"The link's settings were refused: {exc}. Showing the defaults."
+    def validate(v: dict) -> None:
+        check_choice("dataset", v["dataset"], [*D.NAMES, FOLDER])
+        E.MapConfig(method=v["method"], n_points=v["points"])
+
+    values = settings_from_url(SCHEMA, K, validate)
     st.session_state[K + "dataset"] = values["dataset"]
     st.session_state[K + "folder"] = values["folder"]
     st.session_state[K + "method"] = values["method"]

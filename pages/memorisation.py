@@ -14,8 +14,8 @@ from explorer.cache import Cache, Entry
 from explorer.config import ConfigError, check_choice
 from explorer.corrupt import MODES, SCHEMES
 from explorer.jobs import Job
-from explorer.urlstate import Param, parse_params
-from pages.common import config_or_stop, get_job, poll_job, show_provenance, start_job
+from explorer.urlstate import Param
+from pages.common import config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
 
 K = "mem_"  # widget-key prefix
 VIEWS = {"modes": "Corruption modes", "sweep-p": "Corruption fraction p", "sweep-width": "Width vs parameters"}
@@ -32,15 +32,12 @@ def _init_from_url() -> None:
     """First run of a session: settings from the URL; malformed ones are refused with a message."""
     if K + "view" in st.session_state:
         return
-    values = {k: p.default for k, p in SCHEMA.items()}
-    try:
-        parsed = parse_params(SCHEMA, dict(st.query_params))
-        check_choice("view", parsed["view"], VIEWS)
-        check_choice("dataset", parsed["dataset"], DATASET_LABELS)
-        check_choice("model", parsed["model"], MODEL_LABELS)
-        values = parsed
-    except ConfigError as exc:
-        st.session_state[K + "link_error"] = f"The link's settings were refused: {exc}. Showing the defaults."
+    def validate(v: dict) -> None:
+        check_choice("view", v["view"], VIEWS)
+        check_choice("dataset", v["dataset"], DATASET_LABELS)
+        check_choice("model", v["model"], MODEL_LABELS)
+
+    values = settings_from_url(SCHEMA, K, validate)
     for name, value in values.items():
         st.session_state[K + name] = value
 

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer.config import ConfigError, check_choice
+from explorer.config import check_choice
 from explorer.jobs import Job
 from explorer.optimizers import LR_RANGE, OPTIMIZERS, OptimizerConfig
 from explorer.race import (TASK_DATASETS, SurfaceRaceConfig, TaskRaceConfig, cached_task_race, race_surface,
                            task_race_job)
 from explorer.smallnets import ARCHS, NetConfig
 from explorer.surfaces import SURFACES
-from explorer.urlstate import Param, parse_params
-from pages.common import config_or_stop, get_job, poll_job, show_provenance, start_job
+from explorer.urlstate import Param
+from pages.common import config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
 
 K = "opt_"  # widget-key prefix
 SURFACE_NAMES = [*SURFACES, "custom"]
@@ -35,13 +35,7 @@ def _init_from_url() -> None:
     """First run of a session: surface, start and steps from the URL, checked on the server."""
     if K + "surface" in st.session_state:
         return
-    values = {k: p.default for k, p in SCHEMA.items()}
-    try:
-        parsed = parse_params(SCHEMA, dict(st.query_params))
-        check_choice("surface", parsed["surface"], SURFACE_NAMES)
-        values = parsed
-    except ConfigError as exc:
-        st.session_state[K + "link_error"] = f"The link's settings were refused: {exc}. Showing the defaults."
+    values = settings_from_url(SCHEMA, K, lambda v: check_choice("surface", v["surface"], SURFACE_NAMES))
     surf = values["surface"]
     start = SURFACES[surf].start if surf in SURFACES else (-2.0, 2.0)
     st.session_state[K + "surface"] = surf

@@ -9,14 +9,15 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+from explorer.config import ConfigError
 from explorer.data2d import DOMAIN, FEATURES, GENERATORS, UPLOAD, parse_points_csv, task_of
 from explorer.engine import LOSSES, OPTIMIZERS
 from explorer.jobs import JobState
 from explorer.models import ACTIVATIONS, MAX_LAYERS, MAX_WIDTH
 from explorer.playground import SPEEDS, PlaygroundRun, Snapshot, build_config
 from explorer.render import boundary_png, curves_png, matrix_png, tiles_png
-from explorer.urlstate import Param, encode_params, parse_params
-from pages.common import config_or_stop, get_job, start_job
+from explorer.urlstate import Param, encode_params
+from pages.common import config_or_stop, get_job, settings_from_url, start_job
 
 LRS = (0.00001, 0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 GROUPS = ("data", "features", "network", "training", "views")
@@ -42,16 +43,13 @@ def _settings_to_config(v: dict, upload=None, upload_sha: str = ""):
 
 def _init_from_url() -> None:
     """First run of a session: settings from the URL, validated on the server; refused ones get a message."""
-    values = {k: p.default for k, p in SCHEMA.items()}
-    try:
-        parsed = parse_params(SCHEMA, dict(st.query_params))
-        if parsed["dataset"] != UPLOAD:
-            _settings_to_config(parsed)
-        if parsed["speed"] not in SPEEDS or any(g not in GROUPS for g in parsed["hide"]):
-            raise ValueError(f"speed must be one of {SPEEDS} and hide a list of {', '.join(GROUPS)}")
-        values = parsed
-    except ValueError as exc:  # ConfigError is a ValueError
-        st.session_state[K + "link_error"] = f"The link's settings were refused: {exc}. Showing the defaults."
+    def validate(v: dict) -> None:
+        if v["dataset"] != UPLOAD:
+            _settings_to_config(v)
+        if v["speed"] not in SPEEDS or any(g not in GROUPS for g in v["hide"]):
+            raise ConfigError(f"speed must be one of {SPEEDS} and hide a list of {', '.join(GROUPS)}")
+
+    values = settings_from_url(SCHEMA, K, validate)
     for name, val in values.items():
         if name == "hidden":
             st.session_state[K + "layers"] = len(val)
