@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -37,8 +38,11 @@ def streamlit_server(env: dict[str, str] | None = None, timeout: float = 60.0) -
     port = _free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+           "--server.fileWatcherType", "none"]
+    # The server's output goes to a file, never to an unread pipe: a full pipe buffer (64 KB of log lines)
+    # would block the server on its next write and every page would stop answering.
+    log = tempfile.NamedTemporaryFile("w+", prefix="explorer-streamlit-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -47,7 +51,7 @@ def streamlit_server(env: dict[str, str] | None = None, timeout: float = 60.0) -
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
             if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited: {proc.stdout.read()}")
+                raise RuntimeError(f"streamlit exited: {Path(log.name).read_text()[-4000:]}")
             time.sleep(0.3)
         else:
             raise RuntimeError("streamlit did not start in time")
@@ -58,6 +62,8 @@ def streamlit_server(env: dict[str, str] | None = None, timeout: float = 60.0) -
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
+        print(f"streamlit log: {log.name} ({Path(log.name).stat().st_size} bytes)")
 
 
 def open_page(page, url: str, ready_text: str, timeout_ms: int = 90_000) -> None:

@@ -14,10 +14,7 @@ from benchmarks.live_browser import (CHROMIUM_ARGS, chromium_path, dismiss_modal
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
-# Opening these two pages in Chromium can leave the Streamlit server unresponsive (under investigation,
-# see the issue notes); they are covered by their AppTests until that is fixed.
-HANGS_SERVER = {"random-labels", "double-descent-explorer"}
-PAGES = [(p.title, p.url) for p in REGISTRY if p.url not in HANGS_SERVER]
+PAGES = [(p.title, p.url) for p in REGISTRY]
 
 if chromium_path() is None:
     pytest.skip("no Chromium installed (apt-get install -y chromium)", allow_module_level=True)
