@@ -8,6 +8,7 @@ import sys
 # command -> (module, function taking argv, one-line help); modules are imported only when used
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("explorer.cli_info", "main", "show the device, data folder, cache folder and cached entries"),
+    "features": ("explorer.features", "main", "list cached models usable as map feature spaces, or train one"),
     "map": ("explorer.cli_map", "main", "compute a 2D map (t-SNE/UMAP/PCA) of a data set into the cache, optionally as CSV"),
     "memorise": ("explorer.memorise", "main", "memorisation lab: corruption modes, p sweep, width sweep"),
     "sweep": ("explorer.sweep", "main", "run a double-descent sweep spec (TOML); resumes from the cache"),

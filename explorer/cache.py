@@ -247,8 +247,12 @@ class Cache:
             meta = {"wall_time_s": wall_time_s, **(result.meta or {})}
             return self.put(kind, config, result.metrics, result.tensors, meta)
 
-    def entries(self, kind: str) -> list[Entry]:
-        """Every valid entry of `kind`, runtime first, then shipped ones not shadowed by runtime."""
+    def entries(self, kind: str, where: Callable[[Any], bool] | None = None) -> list[Entry]:
+        """Every valid entry of `kind`, runtime first, then shipped ones not shadowed by runtime.
+
+        `where(config)` picks entries by their config before they are verified (verifying reads
+        every file), so a filtered listing of a large kind stays cheap; only picked ones are returned.
+        """
         found: dict[str, Entry] = {}
         for root, shipped in ((self.root, False), (self.shipped_root, True)):
             kind_dir = root / _check_kind(kind)
@@ -257,10 +261,23 @@ class Cache:
             for path in sorted(kind_dir.glob("??/*")):
                 if path.name in found or not KEY_PATTERN.fullmatch(path.name):
                     continue
+                if where is not None and not self._picked(path, where):
+                    continue
                 entry = self._read(path, kind, path.name, shipped)
                 if entry is not None:
                     found[entry.key] = entry
         return list(found.values())
+
+    def by_key(self, kind: str, key: str) -> Entry | None:
+        """The verified entry with this content address (runtime root first), else None."""
+        _check_kind(kind)
+        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+            return None
+        for root, shipped in ((self.root, False), (self.shipped_root, True)):
+            entry = self._read(self._entry_dir(root, kind, key), kind, key, shipped)
+            if entry is not None:
+                return entry
+        return None
 
     def delete(self, kind: str, config: Any) -> bool:
         """Remove the runtime entry for (kind, config); shipped entries are never touched."""
@@ -279,6 +296,14 @@ class Cache:
         scratch = self.root / kind / ".tmp"
         scratch.mkdir(parents=True, exist_ok=True)
         return scratch
+
+    def _picked(self, path: Path, where: Callable[[Any], bool]) -> bool:
+        """`where` on an entry's unverified config; an unreadable one is picked, so _read judges it."""
+        try:
+            header = _read_json(path / CONFIG)
+        except (CorruptEntry, OSError):
+            return True
+        return not isinstance(header, dict) or bool(where(header.get("config")))
 
     def _read(self, path: Path, kind: str, key: str, shipped: bool) -> Entry | None:
         """Load an entry if present and valid; corrupt runtime entries are removed."""

@@ -5,12 +5,15 @@ on the device, exact neighbours on those 50 dimensions (faster than approximate 
 size), PCA initialisation, the usual early exaggeration, then openTSNE's FFT gradients (Barnes-Hut
 below FFT_FROM points) for at most `n_iter` iterations that stop early once the standardised
 embedding no longer moves.
+What is embedded is raw pixels (a FEATURES key) or the feature layer of a cached trained model
+(`features="model:<kind>:<cache key>"`, explorer.features); the model's key is part of the map's.
 Intermediate embeddings go to an `on_progress` callback so a page can show the map forming.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 from explorer import datasets as D
+from explorer import features as FM
 from explorer.cache import Cache, ComputeResult, Entry
 from explorer.config import ConfigError, check_choice, check_range
 from explorer.device import get_device
@@ -45,7 +49,7 @@ class MapConfig:
     dataset: str = "fashion_mnist"  # a datasets.NAMES key or folder:<path>
     split: str = "test"
     method: str = "tsne"  # tsne | umap | pca
-    features: str = "pixels"  # a FEATURES key: what is embedded
+    features: str = "pixels"  # what is embedded: a FEATURES key, or model:<kind>:<cache key> (explorer.features)
     n_points: int = 2000  # points embedded (a seeded subset; all if the split is smaller)
     seed: int = 0  # picks the subset and seeds the method
     perplexity: float = 30.0  # t-SNE: effective number of neighbours
@@ -57,7 +61,10 @@ class MapConfig:
         D.check_name("dataset", self.dataset)
         check_choice("split", self.split, D.SPLITS)
         check_choice("method", self.method, METHODS)
-        check_choice("features", self.features, FEATURES)
+        if FM.is_model_ref(self.features):
+            FM.parse_ref(self.features)  # well formed; whether the model exists and fits is checked on use
+        else:
+            check_choice("features", self.features, [*FEATURES, "model:<kind>:<cache key>"])
         check_range("n_points", self.n_points, 50, MAX_POINTS, integer=True)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
         check_range("perplexity", self.perplexity, 2, 100)
@@ -115,6 +122,13 @@ FEATURES: dict[str, Callable[[D.ArrayDataset, torch.Tensor], torch.Tensor]] = {"
 def register_features(name: str, fn: Callable[[D.ArrayDataset, torch.Tensor], torch.Tensor]) -> None:
     """Make another feature space available to maps, e.g. a trained model's penultimate layer."""
     FEATURES[name] = fn
+
+
+def features_of(cfg: MapConfig, ds: D.ArrayDataset, index: torch.Tensor) -> torch.Tensor:
+    """What the map embeds for the examples `index`: (n, d) float32; a model refused raises FeatureModelError."""
+    if FM.is_model_ref(cfg.features):
+        return FM.model_features(cfg.features, ds, index)
+    return FEATURES[cfg.features](ds, index)
 
 
 def point_index(n_total: int, n_points: int, seed: int) -> torch.Tensor:
@@ -201,13 +215,40 @@ def tsne(z: np.ndarray, cfg: MapConfig, on_progress: OnProgress | None = None) -
     return np.asarray(emb, dtype=np.float32), figures
 
 
+class _EpochReports:
+    """A file for umap-learn's tqdm bar: each refresh ("done/total") becomes a Progress with an ETA.
+
+    umap-learn has no callback and keeps its embedding local while it optimises, so there are no
+    honest intermediate maps to show (its `n_epochs` list returns them only after the fit); its
+    progress bar is the one live signal. A report that raises (a cancelled job) stops the fit.
+    """
+
+    def __init__(self, report: OnProgress) -> None:
+        self.report, self.clock = report, None  # the clock starts at epoch 0, after the neighbour graph
+
+    def write(self, text: str) -> None:
+        """Parse 'done/total' and report it."""
+        m = re.search(r"(\d+)/(\d+)", text)
+        if m is None or int(m.group(2)) == 0:
+            return
+        done, total = int(m.group(1)), int(m.group(2))
+        self.clock = self.clock or _Clock()
+        self.report(Progress("optimising", 0.3 + 0.7 * done / total, f"epoch {done}/{total} (UMAP shows no "
+                                                                    f"intermediate maps); {self.clock.eta(done / total)}"))
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
 def umap(z: np.ndarray, cfg: MapConfig, on_progress: OnProgress | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """UMAP (umap-learn) on PCA-reduced inputs; seeded, so deterministic (and single-threaded)."""
     import umap as umap_learn
 
     report = on_progress or (lambda p: None)
-    report(Progress("umap", 0.1, "building the neighbour graph and optimising (no intermediate maps)"))
-    reducer = umap_learn.UMAP(n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, random_state=cfg.seed)
+    report(Progress("umap", 0.1, "building the neighbour graph (the first UMAP also compiles its kernels)"))
+    bar = {"file": _EpochReports(report), "disable": False, "bar_format": "{n}/{total}", "mininterval": 0.25}
+    reducer = umap_learn.UMAP(n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, random_state=cfg.seed,
+                              tqdm_kwds=bar)
     coords = reducer.fit_transform(z).astype(np.float32)
     return coords, {"n_epochs": int(reducer.n_epochs) if reducer.n_epochs else None}
 
@@ -229,7 +270,9 @@ def compute_map(cfg: MapConfig, on_progress: OnProgress | None = None, *, cache:
     report = on_progress or (lambda p: None)
 
     def compute() -> ComputeResult:
-        x = FEATURES[cfg.features](ds, index)  # (n, d)
+        if FM.is_model_ref(cfg.features):
+            report(Progress("features", 0.01, "computing the model's features"))
+        x = features_of(cfg, ds, index)  # (n, d)
         report(Progress("pca", 0.02, f"PCA of {x.shape[0]:,} x {x.shape[1]:,} inputs"))
         z, ratio = pca(x, 2 if cfg.method == "pca" else PCA_DIMS, cfg.seed)
         metrics: dict[str, Any] = {"explained_variance": ratio.tolist(), "n_points": len(index)}

@@ -9,17 +9,20 @@ import streamlit as st
 
 from explorer import datasets as D
 from explorer import embed as E
+from explorer import features as FM
 from explorer import gallery as G
+from explorer.cache import Cache
 from explorer.config import check_choice
 from explorer.jobs import Job, JobState
 from explorer.quickfit import RecallConfig, recall_experiment
+from explorer.smallnets import ARCHS
 from explorer.urlstate import Param
 from pages.common import config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
 
 K = "data_"  # widget-key prefix
 FOLDER = "folder"  # the menu entry for the user's own image folder
 SCHEMA = {"dataset": Param(str, "fashion_mnist"), "method": Param(str, "tsne"), "points": Param(int, 2000),
-          "folder": Param(str, "")}
+          "folder": Param(str, ""), "features": Param(str, "pixels")}
 MAX_THUMBS = 3000  # points of a map that carry a hover thumbnail...
 MAX_THUMB_BYTES = 6_000_000  # ...within this page payload (about 1,600 CIFAR or 3,000 Fashion-MNIST images)
 MAX_SELECTED = 120  # images shown for a selected region
@@ -33,13 +36,14 @@ def _init_from_url() -> None:
         return
     def validate(v: dict) -> None:
         check_choice("dataset", v["dataset"], [*D.NAMES, FOLDER])
-        E.MapConfig(method=v["method"], n_points=v["points"])
+        E.MapConfig(method=v["method"], n_points=v["points"], features=v["features"])
 
     values = settings_from_url(SCHEMA, K, validate)
     st.session_state[K + "dataset"] = values["dataset"]
     st.session_state[K + "folder"] = values["folder"]
     st.session_state[K + "method"] = values["method"]
     st.session_state[K + "points"] = values["points"]
+    st.session_state[K + "features"] = values["features"]
 
 
 def _load(name: str) -> tuple[D.ArrayDataset, D.ArrayDataset]:
@@ -131,7 +135,7 @@ def _gallery(train: D.ArrayDataset) -> None:
         st.caption(f"Showing the first {MAX_GALLERY_CLASSES} of {train.num_classes} classes.")
 
 
-def _map_controls(test: D.ArrayDataset) -> E.MapConfig:
+def _map_controls(train: D.ArrayDataset, test: D.ArrayDataset) -> E.MapConfig:
     """Method and settings of the map; the config refuses out-of-range values."""
     c = st.columns([2, 2, 1])
     method = c[0].radio("Method", list(E.METHODS), format_func=E.METHODS.get, horizontal=True, key=K + "method")
@@ -149,10 +153,76 @@ def _map_controls(test: D.ArrayDataset) -> E.MapConfig:
     elif method == "umap":
         settings["n_neighbors"] = s[0].slider("Neighbours", 2, 100, 15, key=K + "neighbors")
         settings["min_dist"] = s[1].slider("Minimum distance", 0.0, 0.99, 0.1, step=0.01, key=K + "min_dist")
-    if len(E.FEATURES) > 1:
-        settings["features"] = st.selectbox("Features embedded", list(E.FEATURES), key=K + "features")
+    settings["features"] = _features_ui(train, test)
     return config_or_stop(lambda: E.MapConfig(dataset=test.name, split="test", method=method,
                                               n_points=int(points), seed=int(seed), **settings))
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _model_labels(cache_root: str, dataset: str, input_shape: tuple[int, ...]) -> dict[str, str]:
+    """Cached models usable as feature spaces for this data set: name -> menu label (listing reads every entry)."""
+    return {m.ref: m.label for m in FM.list_models(dataset, input_shape, Cache())}
+
+
+def _feature_labels(test: D.ArrayDataset) -> dict[str, str]:
+    """Every feature space this data set can be embedded in: raw inputs, then cached trained models."""
+    pixels = "Raw pixels" if test.is_image else "Raw input values"
+    raw = {name: pixels if name == "pixels" else name for name in E.FEATURES}
+    return {**raw, **_model_labels(str(Cache().root), test.name, test.input_shape)}
+
+
+def _features_ui(train: D.ArrayDataset, test: D.ArrayDataset) -> str:
+    """'Features embedded': raw pixels or a cached model's feature layer; and training a feature model now."""
+    if K + "features_pending" in st.session_state:  # a model just trained: select it
+        st.session_state[K + "features"] = st.session_state.pop(K + "features_pending")
+    labels = _feature_labels(test)
+    wanted = st.session_state.get(K + "features", "pixels")
+    if wanted not in labels:
+        try:
+            labels[wanted] = FM.resolve(wanted, test.name, test.input_shape).label  # listed since the last look
+        except FM.FeatureModelError as exc:
+            st.warning(f"{exc}. Showing raw pixels instead.")
+            st.session_state[K + "features"] = "pixels"
+    features = st.selectbox("Features embedded", list(labels), format_func=labels.get, key=K + "features",
+                            help="Raw pixels, or the penultimate layer of a model trained on this data set's "
+                                 "train split (the map is of the test set). t-SNE and UMAP first reduce either "
+                                 "to 50 dimensions by PCA.")
+    with st.expander("Train a feature model now"):
+        _train_features_ui(train)
+    return features
+
+
+def _train_features_ui(train: D.ArrayDataset) -> None:
+    """A small seeded classifier trained as a background job; once done it is selected above."""
+    c = st.columns(3)
+    arch = c[0].radio("Network", list(ARCHS), list(ARCHS).index(FM.default_arch(train)),
+                      format_func=lambda a: ARCHS[a].label, key=K + "fm_arch")
+    epochs = c[1].slider("Epochs", 1, 30, 10, key=K + "fm_epochs")
+    hi = min(len(train), FM.MAX_TRAIN)
+    n_train = c[2].number_input("Training examples", min(100, hi), hi, min(10_000, hi), step=100, key=K + "fm_n")
+    cfg = config_or_stop(lambda: FM.default_net_config(train, arch, int(epochs), int(n_train)))
+    if FM.cached_feature_net(cfg) is not None:
+        st.caption("A model with these settings is trained: choose it under 'Features embedded'.")
+    elif st.button("Train", key=K + "fm_train"):
+        start_job("data_features", FM.feature_net_job(cfg), name=f"feature net {cfg.dataset}")
+    job = get_job("data_features")
+    if job is not None:
+        poll_job(job, _draw_training)
+
+
+def _draw_training(job: Job) -> None:
+    """Training progress; when done, the new model becomes the selected feature space (once)."""
+    if job.state is JobState.DONE:
+        model: FM.FeatureModel = job.result
+        if st.session_state.get(K + "features_job_seen") != job.id:
+            st.session_state[K + "features_job_seen"] = job.id
+            st.session_state[K + "features_pending"] = model.ref
+            _model_labels.clear()
+            st.rerun(scope="app")
+    elif job.state is JobState.CANCELLED:
+        st.info("Training stopped.")
+    elif not job.is_final:
+        st.progress(job.progress, text=job.message or job.state.value)
 
 
 def _scatter(df: pd.DataFrame, classes: tuple[str, ...], tooltip: list) -> alt.Chart:
@@ -192,6 +262,8 @@ def _draw_map(result: E.MapResult, test: D.ArrayDataset) -> None:
     event = st.altair_chart(chart, on_select="rerun", key=K + "map_chart", width="stretch")
     m = result.metrics
     figures = [f"{m['n_points']:,} points", f"trustworthiness {m['trustworthiness']:.3f} (10 neighbours)"]
+    if FM.is_model_ref(c.features):
+        figures.insert(0, f"features of {_feature_labels(test).get(c.features, c.features)}")
     ev = m["explained_variance"]
     if result.config.method == "pca":
         figures.append(f"PC1 explains {ev[0]:.1%}, PC2 {ev[1]:.1%} of the variance")
@@ -201,8 +273,9 @@ def _draw_map(result: E.MapResult, test: D.ArrayDataset) -> None:
         figures.append(f"{m['iterations']} iterations, KL {m['kl_divergence']:.3f}"
                        + (", stopped: converged" if m.get("converged") else ""))
     st.caption(" · ".join(figures) + f". Thumbnails on hover for {len(thumbs):,} points.")
-    show_provenance(result.entry, recompute=f"python -m explorer map --dataset {result.config.dataset} "
-                                            f"--method {result.config.method} --points {result.config.n_points}")
+    features = f" --features {c.features}" if c.features != "pixels" else ""
+    show_provenance(result.entry, recompute=f"python -m explorer map --dataset {c.dataset} --method {c.method} "
+                                            f"--points {c.n_points}{features}")
     st.download_button("Download coordinates (CSV)", E.coords_csv(result),
                        file_name=f"{result.config.dataset}-{result.config.method}-map.csv", mime="text/csv",
                        key=K + "csv")
@@ -240,15 +313,17 @@ def _draw_progress(job: Job, cfg: E.MapConfig, labels: np.ndarray, classes: tupl
         job.cancel()
 
 
-def _maps(test: D.ArrayDataset) -> None:
+def _maps(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
     """Compute (as a job) or show the cached 2D map of the test set."""
     st.subheader("Map of the test set")
-    cfg = _map_controls(test)
+    cfg = _map_controls(train, test)
     result = E.cached_map(cfg)
     if result is not None:
         _draw_map(result, test)
         return
     if st.button("Compute", key=K + "compute", type="primary"):
+        if FM.is_model_ref(cfg.features):  # the menu may be up to a minute old: check the model is still here
+            config_or_stop(lambda: FM.resolve(cfg.features, test.name, test.input_shape))
         start_job("data_map", E.map_job(cfg), name=f"map {cfg.dataset} {cfg.method}")
         st.session_state[K + "job_cfg"] = cfg
     job = get_job("data_map")
@@ -277,4 +352,4 @@ if choice == FOLDER:
 train_set, test_set = _load(name)
 _balance(train_set, test_set)
 _gallery(train_set)
-_maps(test_set)
+_maps(train_set, test_set)

@@ -1,4 +1,4 @@
-"""The Data page: loads, draws balance and gallery, refuses bad links, falls back, computes a map."""
+"""The Data page: loads, draws balance and gallery, refuses bad links, falls back, computes maps (pixels, features)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer import datasets as D
+from explorer import features as FM
 from explorer.jobs import default_runner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +44,37 @@ def test_digits_page_draws_balance_gallery_and_a_pca_map() -> None:
     at.run()
     assert not at.exception and not at.error
     assert at.get("download_button") and any("trustworthiness" in c.value for c in at.caption)
+
+
+def test_feature_model_trained_on_the_page_becomes_the_embedded_feature_space() -> None:
+    at = _page(dataset="digits", method="pca", points="300")
+    assert not at.exception
+    assert at.selectbox(key="data_features").options == ["Raw pixels"]
+    at.slider(key="data_fm_epochs").set_value(2).run()
+    at.button(key="data_fm_train").click().run()
+    assert not at.exception
+    job = next(j for j in default_runner().jobs() if j.name == "feature net digits")
+    assert job.wait(120), job.state
+    at.run()
+    assert not at.exception
+    ref = job.result.ref
+    assert at.selectbox(key="data_features").value == ref and ref.startswith("model:feature_net:")
+    assert any("2 epochs" in o for o in at.selectbox(key="data_features").options)
+    at.button(key="data_compute").click().run()
+    map_job = next(j for j in default_runner().jobs() if j.name.startswith("map digits"))
+    assert map_job.wait(60)
+    at.run()
+    assert not at.exception and not at.error
+    assert any(c.value.startswith("features of Feature net") for c in at.caption)
+    assert any(f"--features {ref}" in c.value for c in at.caption)
+
+
+def test_links_naming_missing_or_malformed_models_get_messages() -> None:
+    at = _page(dataset="digits", features=FM.make_ref(FM.NET_KIND, "c" * 64))
+    assert not at.exception and "no cached feature_net model" in at.warning[0].value
+    assert at.selectbox(key="data_features").value == "pixels"
+    at = _page(dataset="digits", features="model:nonsense")
+    assert not at.exception and "refused" in at.error[0].value
 
 
 def test_bad_link_and_bad_folder_get_messages() -> None:

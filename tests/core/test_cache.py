@@ -275,6 +275,20 @@ def test_entries_lists_runtime_before_shipped(tmp_path: Path) -> None:
     assert listed == {1: ("s1", True), 2: ("r2", False), 3: ("r3", False)}
 
 
+def test_entries_filtered_by_config_and_entry_by_key(tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped"
+    s1 = Cache(root=shipped).put(KIND, {"n": 1}, {"v": "s1"})
+    cache = Cache(root=tmp_path / "runtime", shipped_root=shipped)
+    r2 = cache.put(KIND, {"n": 2}, {"v": "r2"})
+    cache.put(KIND, {"n": 3}, {"v": "r3"})
+    assert {e.config["n"] for e in cache.entries(KIND, where=lambda c: c["n"] < 3)} == {1, 2}
+    assert cache.by_key(KIND, r2.key).metrics == {"v": "r2"}
+    assert cache.by_key(KIND, s1.key).shipped
+    assert cache.by_key(KIND, "0" * 64) is None and cache.by_key(KIND, "../x") is None
+    (r2.path / "metrics.json").write_text("{}")  # corrupt: filtered in, then refused by verification
+    assert cache.by_key(KIND, r2.key) is None and not r2.path.exists()
+
+
 def test_default_root_reads_env_at_call_time(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "env"))
     assert Cache().root == tmp_path / "env"

@@ -73,8 +73,11 @@ def test_pca_map() -> None:
 
 @pytest.mark.slow  # umap-learn compiles its numba kernels on first use (tens of seconds)
 def test_umap_map() -> None:
-    u = E.compute_map(E.MapConfig(method="umap", n_neighbors=10, **SMALL), use_cache=False)
+    seen: list[E.Progress] = []
+    u = E.compute_map(E.MapConfig(method="umap", n_neighbors=10, **SMALL), seen.append, use_cache=False)
     assert u.coords.shape == (300, 2) and np.isfinite(u.coords).all()
+    epochs = [p for p in seen if p.stage == "optimising"]  # live epoch counts from umap-learn's progress bar
+    assert epochs and epochs[-1].message.startswith("epoch 500/500") and epochs[-1].coords is None
 
 
 def test_maps_are_cached_by_their_settings(monkeypatch: pytest.MonkeyPatch) -> None:
