@@ -3,9 +3,11 @@
 Baseline ("K plain loops"): for each optimizer in turn, the textbook loop: nn.Module from the same
 initial weights, DataLoader over a TensorDataset (shuffle), zero_grad / backward / step, `.item()`
 of the loss every step, validation after every epoch. Ours: explorer.race.train_race, which trains
-the K copies as one stacked network (one forward and backward for all, then K torch.optim steps),
-batches as index slices of on-device data, one host sync per logging window. Same data, network,
-optimizers, epochs and batch size. Rounds alternate so machine noise hits both sides.
+the K copies as one stacked network (one forward and backward for all, hand-written for the MLP,
+then torch.optim steps: one optimizer per step() class with a param group per racer, each racer's
+weights one flat tensor, fused kernels where torch has them), batches as slices of a per-epoch
+shuffled copy of on-device data, one host sync per logging window. Same data, network, optimizers,
+epochs and batch size. Rounds alternate so machine noise hits both sides.
 Usage: python -m benchmarks.bench_race [--rounds 5] [--epochs 2] [--arch mlp] [--dataset mnist1d]
 """
 

@@ -2,11 +2,14 @@
 
 Every racer is a frozen `OptimizerConfig` (kind, learning rate, the kind's other hyperparameters);
 `build_optimizer` turns it into the torch.optim optimizer itself, so a race runs exactly the code a
-user would write. Nothing here re-implements an update rule.
+user would write. Nothing here re-implements an update rule. `build_shared_optimizers` serves many
+racers with as few torch.optim optimizers as possible (one param group per racer, fused kernels where
+torch has them); tests check that it steps exactly like one optimizer per racer.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -141,6 +144,61 @@ class OptimizerConfig:
 def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.Tensor], **extra: Any) -> torch.optim.Optimizer:
     """The torch.optim optimizer for one racer (`extra`: implementation switches such as foreach=True)."""
     return cfg.spec.cls(list(params), **cfg.kwargs(), **extra)
+
+
+def step_family(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """The torch.optim class whose step() `cls` runs (AdamW -> Adam: AdamW only sets decoupled_weight_decay)."""
+    return next(c for c in cls.__mro__ if "step" in vars(c))
+
+
+def fast_kwargs(cls: type[torch.optim.Optimizer], device: torch.device) -> dict[str, Any]:
+    """torch.optim's fastest implementation switch for `cls` on `device`: fused=True where the class has a
+    fused kernel there (SGD, Adam, AdamW, Adagrad on CPU and CUDA); otherwise torch.optim's default choice
+    (foreach on accelerators, the single-tensor loop on the CPU, the faster one there for one flat tensor)."""
+    if device.type in ("cpu", "cuda") and "fused" in inspect.signature(cls.__init__).parameters:
+        return {"fused": True}
+    return {}
+
+
+@dataclass
+class SharedOptimizers:
+    """Many racers' torch.optim optimizers, as few as possible: racers whose classes share one step()
+    share one optimizer, with one param group per racer. Each group is exactly the group the racer's own
+    class makes (`build_optimizer`), so SGD / momentum / Nesterov are groups of one torch.optim.SGD and
+    Adam / AdamW groups of one torch.optim.Adam (AdamW's group carries decoupled_weight_decay=True)."""
+
+    optimizers: list[torch.optim.Optimizer]
+    groups: list[tuple[torch.optim.Optimizer, dict[str, Any]]]  # per racer: its optimizer and its group
+
+    def step(self) -> None:
+        """One step of every racer still in the race."""
+        for opt in self.optimizers:
+            if opt.param_groups:
+                opt.step()
+
+    def drop(self, i: int) -> None:
+        """Racer i leaves the race: its group is no longer stepped (the others' are untouched)."""
+        opt, group = self.groups[i]
+        opt.param_groups = [g for g in opt.param_groups if g is not group]
+
+
+def build_shared_optimizers(racers: Iterable[OptimizerConfig], params: Iterable[list[torch.Tensor]],
+                            device: torch.device) -> SharedOptimizers:
+    """torch.optim optimizers for all racers (racer i updates params[i]), grouped by step() class, each
+    with torch.optim's fastest implementation on `device` (`fast_kwargs`)."""
+    families: dict[type, list[tuple[int, dict[str, Any]]]] = {}
+    for i, (r, ps) in enumerate(zip(racers, params)):
+        family = step_family(r.spec.cls)
+        extra = fast_kwargs(family, device)
+        (group,) = build_optimizer(r, ps, **extra).param_groups  # the class's own defaults and switches
+        families.setdefault(family, []).append((i, group))
+    optimizers, groups = [], {}
+    for family, members in families.items():
+        opt = family([g for _, g in members], **fast_kwargs(family, device))
+        optimizers.append(opt)
+        for (i, _), g in zip(members, opt.param_groups):
+            groups[i] = (opt, g)
+    return SharedOptimizers(optimizers, [groups[i] for i in range(len(groups))])
 
 
 def momentum_of(cfg: OptimizerConfig, opt: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor | None:

@@ -6,10 +6,15 @@ still running. A racer whose loss, gradient or position stops being finite (or f
 DIVERGE_BOUND) stops with "diverged at step N"; the others go on.
 
 Task race: K copies of one network start from the same seeded weights and see the same batches
-(one permutation per epoch) and the same dropout masks. They run as one stacked network
-(smallnets.stacked_forward): one forward and one backward for all K, then K torch.optim steps on
-slices of the stacked weights. The whole data set lives on the device and batches are index
-slices; the host syncs once per logging window, not per step.
+(one permutation per epoch) and the same dropout masks. They run as one stacked network: one
+forward and one backward for all K (smallnets.train_step_fn: hand-written for the MLP, autograd
+otherwise), gradients written into one (K, P) buffer whose row k is copy k's gradient. Then the
+torch.optim optimizers step: racer k's parameter is row k of the (K, P) weights, one flat tensor
+(every registered optimizer is elementwise, so this is the same update as per layer), and racers
+whose classes share a step() share one optimizer with a param group each (SGD / momentum /
+Nesterov; Adam / AdamW), fused where torch has a fused kernel (optimizers.build_shared_optimizers).
+A diverged racer's group is dropped. The whole data set lives on the device, batches are slices of
+a once-per-epoch shuffled copy, and the host syncs once per logging window, not per step.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from .cache import Cache, ComputeResult, Entry
 from .config import ConfigError, check_choice, check_range
 from .device import get_device
 from .jobs import JobContext, JobFn
-from .optimizers import OptimizerConfig, build_optimizer, check_racers, default_racers, momentum_of
-from .smallnets import NetConfig, init_state, stack_state, stacked_forward
+from .optimizers import (OptimizerConfig, build_optimizer, build_shared_optimizers, check_racers, default_racers,
+                         momentum_of)
+from .smallnets import NetConfig, eval_logits_fn, flat_stack, flat_views, init_state, make_masks, train_step_fn
 from .surfaces import DTYPE, SURFACES, Surface, get_surface
 
 DIVERGE_BOUND = 1e6  # a surface racer this far from the origin has left for good
@@ -232,8 +238,8 @@ def _digest(tensors: list[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _evaluate(cfg: TaskRaceConfig, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def _evaluate(cfg: TaskRaceConfig, logits_fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
+              params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Validation accuracy (K,) and mean loss (K,) of every copy, eval mode, on the device."""
     k = len(cfg.racers)
     correct = torch.zeros(k, device=x.device)
@@ -241,9 +247,9 @@ def _evaluate(cfg: TaskRaceConfig, params: dict[str, torch.Tensor], x: torch.Ten
     with torch.no_grad():
         for s in range(0, len(x), EVAL_CHUNK):
             xb, yb = x[s:s + EVAL_CHUNK], y[s:s + EVAL_CHUNK]
-            logits = stacked_forward(cfg.net, params, xb)  # (K, B, C)
-            correct += (logits.argmax(2) == yb).sum(1)
-            loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1).sum(1)
+            logits = logits_fn(params, xb)  # (K, C, B)
+            correct += (logits.argmax(1) == yb).sum(1)
+            loss += F.cross_entropy(logits, yb.expand(k, -1), reduction="none").sum(1)
     return correct / len(x), loss / len(x)
 
 
@@ -259,18 +265,19 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *, on_progress: Progress | N
     num_classes = len(data.classes)
     labels = unique_labels(cfg.racers)
     init = init_state(cfg.net, data.input_shape, num_classes, cfg.seed)
-    params = stack_state(init, k, dev)  # name -> (K, ...): copy k's weights are slice k
-    leaves = [t.requires_grad_() for t in params.values()]
-    grad_bufs = [torch.zeros_like(t) for t in leaves]
-    opts = []
-    for i, r in enumerate(cfg.racers):
-        mine = [t.detach()[i] for t in leaves]  # views: optimizer i updates slice i of the stacked weights
-        for p, g in zip(mine, grad_bufs):
-            p.grad = g[i]
-        opts.append(build_optimizer(r, mine, foreach=True))
+    flat, params = flat_stack(init, k, dev)  # (K, P): row i holds racer i's weights; name -> (K, ...) views
+    grad_flat = torch.zeros_like(flat)
+    grads = flat_views(grad_flat, {name: t.shape for name, t in init.items()})
+    mine = [[flat[i]] for i in range(k)]  # racer i's optimizer updates row i, one flat tensor
+    for i in range(k):
+        mine[i][0].grad = grad_flat[i]
+    opts = build_shared_optimizers(cfg.racers, mine, dev)
+    train_step = train_step_fn(cfg.net)
+    eval_logits = eval_logits_fn(cfg.net)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     orders = torch.stack([torch.randperm(n, generator=order_gen) for _ in range(cfg.epochs)])  # (E, N)
     drop_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    masks = make_masks(cfg.net.dropout, drop_gen, dev, data.x_train.dtype)  # one mask per step, shared by all
     steps_per_epoch = math.ceil(n / b)
     total = cfg.epochs * steps_per_epoch
     log_every = max(1, total // LOG_POINTS)
@@ -278,7 +285,7 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *, on_progress: Progress | N
     curve_step: list[int] = []
     curve_loss: list[list[float]] = [[] for _ in range(k)]
     val_epoch: list[int] = [0]
-    acc0, vloss0 = _evaluate(cfg, params, data.x_val, data.y_val)
+    acc0, vloss0 = _evaluate(cfg, eval_logits, params, data.x_val, data.y_val)
     val_acc = [[float(a)] for a in acc0.cpu()]
     val_loss = [[float(v)] for v in vloss0.cpu()]
     diverged: list[int | None] = [None] * k
@@ -297,35 +304,31 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *, on_progress: Progress | N
     def sync(start: int, stop: int) -> None:
         """Pull a window of step losses to the host; mark racers whose loss stopped being finite."""
         window = step_loss[start:stop].cpu()  # (W, K): the one host sync of the window
+        rows = window.tolist()
         if start == 0:
-            first_loss.extend(window[0].tolist())
+            first_loss.extend(rows[0])
         curve_step.append(stop)
-        # Cross-entropy stays finite long after training has blown up, so a huge loss counts too.
-        bad = ~(window <= BLOWUP_FACTOR * torch.tensor(first_loss))  # (W, K)
-        first_bad = torch.where(bad.any(0), bad.float().argmax(0), -1).tolist()
         means = window.mean(0).tolist()
         for i in range(k):
             if diverged[i] is not None:
                 continue
-            if first_bad[i] >= 0:
-                diverged[i] = start + first_bad[i] + 1  # steps count from 1
+            # Cross-entropy stays finite long after training has blown up, so a huge loss counts too.
+            limit = BLOWUP_FACTOR * first_loss[i]
+            first_bad = next((w for w, row in enumerate(rows) if not row[i] <= limit), None)
+            if first_bad is not None:
+                diverged[i] = start + first_bad + 1  # steps count from 1
+                opts.drop(i)
             else:
                 curve_loss[i].append(means[i])
 
     step, logged = 0, 0
     for epoch in range(cfg.epochs):
         perm = order_dev[epoch]
+        x_epoch, y_epoch = data.x_train[perm], data.y_train[perm]  # batches are slices of these
         for s in range(0, n, b):
-            idx = perm[s:s + b]
-            xb, yb = data.x_train[idx], data.y_train[idx]
-            logits = stacked_forward(cfg.net, params, xb, generator=drop_gen, train=True)  # (K, B, C)
-            per = F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1).mean(1)  # (K,)
-            grads = torch.autograd.grad(per.sum(), leaves)  # slice i of each holds copy i's gradient
-            torch._foreach_copy_(grad_bufs, grads)
-            step_loss[step] = per.detach()
-            for i, opt in enumerate(opts):
-                if diverged[i] is None:
-                    opt.step()
+            per = train_step(params, grads, x_epoch[s:s + b], y_epoch[s:s + b], masks)  # (K,); fills grads
+            step_loss[step] = per
+            opts.step()
             step += 1
             if step - logged >= log_every or s + b >= n:
                 sync(logged, step)
@@ -334,7 +337,7 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *, on_progress: Progress | N
                     checkpoint()
                 if on_progress is not None:
                     on_progress(snapshot(), step / total)
-        acc, vloss = (t.cpu() for t in _evaluate(cfg, params, data.x_val, data.y_val))
+        acc, vloss = (t.cpu() for t in _evaluate(cfg, eval_logits, params, data.x_val, data.y_val))
         val_epoch.append(epoch + 1)
         for i in range(k):
             if diverged[i] is None:

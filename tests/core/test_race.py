@@ -3,6 +3,7 @@ and the task race equals K separate torch.optim loops on the same weights and ba
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -13,10 +14,12 @@ from explorer import datasets
 from explorer.cache import Cache
 from explorer.config import ConfigError
 from explorer.jobs import JobRunner, JobState
-from explorer.optimizers import OPTIMIZERS, OptimizerConfig
+from explorer.optimizers import (OPTIMIZERS, OptimizerConfig, build_optimizer, build_shared_optimizers, fast_kwargs,
+                                 step_family)
 from explorer.race import (DIVERGE_BOUND, SurfaceRaceConfig, TaskData, TaskRaceConfig, race_surface, task_race_job,
                            train_race)
-from explorer.smallnets import NetConfig, build_net, init_state
+from explorer.smallnets import (ARCHS, NetConfig, _autograd_train_step, build_net, eval_logits_fn, flat_stack,
+                                flat_views, init_state, make_masks, stacked_forward)
 from explorer.surfaces import DTYPE, SURFACES
 
 # Non-default settings for every kind, and the torch.optim call a user would write for them, by hand:
@@ -128,38 +131,113 @@ def _digits_data(n_train: int = 256, n_val: int = 120) -> TaskData:
     return TaskData("digits", tr.to_float(), tr.y, va.to_float(), va.y, tr.classes)
 
 
+# Every family that shares one torch.optim optimizer in the task race (SGD / momentum / Nesterov; Adam / AdamW)
+# with more than one member, a fused one alone (Adagrad), and the unfused ones (RMSprop, Adadelta).
 RACERS = (OptimizerConfig("sgd", 0.1), OptimizerConfig("nesterov", 0.05), OptimizerConfig("rmsprop", 1e-3),
-          OptimizerConfig("adam", 3e-3, (("weight_decay", 1e-3),)), OptimizerConfig("adadelta"))
+          OptimizerConfig("adam", 3e-3, (("weight_decay", 1e-3),)), OptimizerConfig("adadelta"),
+          OptimizerConfig("momentum", 0.02, (("weight_decay", 1e-3),)), OptimizerConfig("adamw", 2e-3),
+          OptimizerConfig("adagrad", 0.05), OptimizerConfig("sgd", 0.03))
+
+
+def _torch_optim_run(racer: OptimizerConfig, net_cfg: NetConfig, data: TaskData, seed: int, orders: torch.Tensor,
+                     batch_size: int) -> tuple[list[float], float, float]:
+    """The textbook loop with torch.optim's default implementation: step losses, final val accuracy and loss."""
+    net = build_net(net_cfg, data.input_shape, 10)
+    net.load_state_dict(init_state(net_cfg, data.input_shape, 10, seed))
+    opt = racer.spec.cls(net.parameters(), **racer.kwargs())
+    losses = []
+    for order in orders:
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    net.eval()
+    with torch.no_grad():
+        logits = net(data.x_val)
+    return losses, (logits.argmax(1) == data.y_val).float().mean().item(), F.cross_entropy(logits, data.y_val).item()
 
 
 @pytest.mark.parametrize("arch", ["mlp", "small_cnn"])
 def test_task_race_equals_separate_torch_optim_loops(arch: str) -> None:
     data = _digits_data(200, 120)
     net_cfg = NetConfig(arch, width=32, channels=4)
-    cfg = TaskRaceConfig(net=net_cfg, racers=RACERS, n_train=200, n_val=120, epochs=2, batch_size=50, seed=5)
+    # batch 45: the last batch of every epoch is short (20)
+    cfg = TaskRaceConfig(net=net_cfg, racers=RACERS, n_train=200, n_val=120, epochs=2, batch_size=45, seed=5)
     metrics, tensors = train_race(cfg, data)
     orders = tensors["batch_order"].long()
-    init = init_state(net_cfg, data.input_shape, 10, cfg.seed)
     for i, racer in enumerate(RACERS):
-        net = build_net(net_cfg, data.input_shape, 10)
-        net.load_state_dict(init)
-        opt = racer.spec.cls(net.parameters(), **racer.kwargs())  # torch.optim, default implementation
-        losses = []
-        for order in orders:
-            for s in range(0, len(order), cfg.batch_size):
-                idx = order[s:s + cfg.batch_size]
-                loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-        torch.testing.assert_close(tensors["step_loss"][:, i], torch.tensor(losses), rtol=1e-4, atol=1e-5)
-        net.eval()
-        with torch.no_grad():
-            acc = (net(data.x_val).argmax(1) == data.y_val).float().mean().item()
+        losses, acc, vloss = _torch_optim_run(racer, net_cfg, data, cfg.seed, orders, cfg.batch_size)
+        torch.testing.assert_close(tensors["step_loss"][:, i], torch.tensor(losses), rtol=2e-5, atol=2e-6)
         assert metrics["val_acc"][i][-1] == pytest.approx(acc, abs=1.5 / len(data.y_val))
+        assert metrics["val_loss"][i][-1] == pytest.approx(vloss, rel=1e-4, abs=1e-5)
     assert len(metrics["epoch"]) == 3 and all(len(a) == 3 for a in metrics["val_acc"])
     assert len(metrics["fairness"]["initial_weights_sha256"]) == 64
+
+
+def test_a_diverging_racer_leaves_its_shared_optimizer_and_the_others_stay_exact() -> None:
+    # SGD (diverges), momentum and Nesterov are groups of one torch.optim.SGD in the race
+    data = _digits_data(200, 120)
+    racers = (OptimizerConfig("sgd", 100.0), OptimizerConfig("momentum", 0.02), OptimizerConfig("nesterov", 0.02),
+              OptimizerConfig("adam", 3e-3))
+    net_cfg = NetConfig("mlp", width=32)
+    cfg = TaskRaceConfig(net=net_cfg, racers=racers, n_train=200, n_val=120, epochs=3, batch_size=25, seed=2)
+    metrics, tensors = train_race(cfg, data)
+    assert metrics["diverged_at"][0] is not None and metrics["diverged_at"][1:] == [None, None, None]
+    orders = tensors["batch_order"].long()
+    for i, racer in enumerate(racers[1:], start=1):
+        losses, _, vloss = _torch_optim_run(racer, net_cfg, data, cfg.seed, orders, cfg.batch_size)
+        torch.testing.assert_close(tensors["step_loss"][:, i], torch.tensor(losses), rtol=2e-5, atol=2e-6)
+        assert metrics["val_loss"][i][-1] == pytest.approx(vloss, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("dropout,batch", [(0.0, 32), (0.3, 32), (0.5, 7)])
+def test_hand_written_mlp_step_equals_autograd(dropout: float, batch: int) -> None:
+    net_cfg = NetConfig("mlp", width=24, dropout=dropout)
+    k = 3
+    flat, params = flat_stack(init_state(net_cfg, (40,), 10, 0), k, torch.device("cpu"))
+    flat.add_(torch.randn(flat.shape, generator=torch.Generator().manual_seed(1)) * 0.1)  # copies differ
+    shapes = {name: t.shape[1:] for name, t in params.items()}
+    x = torch.randn(batch, 40, generator=torch.Generator().manual_seed(2))
+    y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(3))
+    results = []
+    for step in (ARCHS["mlp"].train_step, functools.partial(_autograd_train_step, ARCHS["mlp"].stacked)):
+        grad_flat = torch.full_like(flat, float("nan"))  # every entry must be written
+        grads = flat_views(grad_flat, shapes)
+        masks = make_masks(dropout, torch.Generator().manual_seed(4), x.device, x.dtype)
+        per = step(params, grads, x, y, masks, work={})
+        results.append((per, grad_flat))
+    (per, grad), (per_ref, grad_ref) = results
+    torch.testing.assert_close(per, per_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+    logits = eval_logits_fn(net_cfg)(params, x)
+    torch.testing.assert_close(logits, stacked_forward(net_cfg, params, x).transpose(1, 2), rtol=1e-6, atol=1e-6)
+
+
+def test_shared_optimizers_equal_one_optimizer_per_racer() -> None:
+    assert step_family(torch.optim.AdamW) is torch.optim.Adam and step_family(torch.optim.SGD) is torch.optim.SGD
+    racers = tuple(OptimizerConfig(kind, 0.01, tuple(hp.items())) for kind, (hp, _) in SETTINGS.items())
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(len(racers), 50, generator=gen)
+    grads = [torch.randn(len(racers), 50, generator=gen) for _ in range(4)]
+    shared_w, alone_w = start.clone(), start.clone()
+    cpu = torch.device("cpu")
+    shared = build_shared_optimizers(racers, [[shared_w[i]] for i in range(len(racers))], cpu)
+    assert len(shared.optimizers) == len({step_family(r.spec.cls) for r in racers}) < len(racers)
+    alone = [build_optimizer(r, [alone_w[i]], **fast_kwargs(step_family(r.spec.cls), cpu))
+             for i, r in enumerate(racers)]
+    for t, g in enumerate(grads):
+        if t == 2:
+            shared.drop(0)  # the first racer leaves the race: its weights stop, the others go on
+        for i in range(len(racers)):
+            shared_w[i].grad, alone_w[i].grad = g[i], g[i]
+        shared.step()
+        for i, opt in enumerate(alone):
+            if t < 2 or i > 0:
+                opt.step()
+        assert torch.equal(shared_w, alone_w), t  # bit for bit: same kernels, same hyperparameters
 
 
 def test_task_race_divergence_stops_one_racer_and_dropout_is_reproducible() -> None:
