@@ -727,6 +727,27 @@ def write_summary(spec: SweepSpec, cache: Cache, wall_time_s: float, root: Cache
     return (root or cache).put(SWEEP_KIND, spec, metrics, {"metrics": table.transpose(1, 2).contiguous()}, meta)
 
 
+SPEC_DIR = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def spec_file(name: str, spec_dir: Path = SPEC_DIR) -> Path | None:
+    """The spec file in sweeps/ whose sweep is called `name` (to tell users how to recompute it), or None."""
+    for path in sorted(spec_dir.glob("*.toml")):
+        try:
+            if load_spec(path).name == name:
+                return path
+        except ConfigError:
+            continue
+    return None
+
+
+def recompute_command(entry: Entry) -> str:
+    """The CLI command that recomputes a sweep summary entry."""
+    path = spec_file(entry.config["name"])
+    where = f"sweeps/{path.name}" if path is not None else "SPEC.toml"
+    return f"python -m explorer sweep {where}" + (" --ship" if entry.shipped else "")
+
+
 def summary_spec(entry: Entry) -> SweepSpec:
     """The spec a summary entry was computed from."""
     return spec_from_dict(entry.config)

@@ -11,7 +11,7 @@ import streamlit as st
 from explorer.cache import Cache
 from explorer.config import ConfigError
 from explorer.randfeat import KINDS, RFConfig, cached_run, features_around
-from explorer.sweep import (SweepSpec, describe, interpolation_threshold, list_sweeps, run_sweep,
+from explorer.sweep import (SweepSpec, describe, interpolation_threshold, list_sweeps, recompute_command, run_sweep,
                             sweep_frame)
 from pages.common import config_or_stop, get_job, poll_job, show_provenance, start_job
 
@@ -103,7 +103,7 @@ def sweep_view() -> None:
         for name in ("epoch", "ew_noise", "ew_widths"):
             st.session_state.pop(K + name, None)
         st.session_state[K + "shown"] = key
-    show_provenance(entry, recompute=f"python -m explorer sweep sweeps/<spec>.toml  # {entry.config['name']}")
+    show_provenance(entry, recompute=recompute_command(entry))
     df = _frame(key)
     epochs = sorted(df["epoch"].unique())
     c1, c2, c3 = st.columns(3)
