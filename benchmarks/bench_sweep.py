@@ -6,7 +6,9 @@ lr 0.01, zero_grad / backward / step, `.item()` of the loss each step, and per e
 test loss and error. Ours: explorer.sweep.train_group over plan_groups (all noise levels of a width, and
 small widths zero-padded together, as one grouped model; one host sync per epoch). Same data, recipe,
 epochs and per-epoch metrics on both sides; rounds alternate so machine noise hits both.
-Usage: python -m benchmarks.bench_sweep [--epochs 2] [--rounds 3] [--threads 0]
+The process's allocator is set up as the CLI and app set it up (explorer.device.configure_allocator: freed
+tensor memory is reused instead of mmap'd afresh); it applies to both sides. --no-malloc-tuning leaves it.
+Usage: python -m benchmarks.bench_sweep [--epochs 2] [--rounds 3] [--threads 0] [--no-malloc-tuning]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from explorer.device import describe_device
+from explorer.device import configure_allocator, describe_device
 from explorer.sweep import SweepData, load_data, load_spec, noise_seed, noisy_labels, plan_groups, train_group
 
 
@@ -54,7 +56,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="epochs per point, same on both sides")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's allocator at its defaults")
     args = ap.parse_args()
+    tuned = False if args.no_malloc_tuning else configure_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = dataclasses.replace(load_spec("sweeps/mnist1d_mlp.toml"), epochs=args.epochs, seeds=(0,),
@@ -62,7 +66,7 @@ def main() -> None:
     data = load_data(spec)
     groups = plan_groups(spec, spec.points())
     print(f"device: {describe_device()}; {len(spec.widths)} widths x {len(spec.label_noise)} noise levels, "
-          f"1 seed, {args.epochs} epochs, {len(groups)} groups")
+          f"1 seed, {args.epochs} epochs, {len(groups)} groups; allocator tuned: {tuned}")
     base = {i: [] for i in range(len(groups))}
     ours = {i: [] for i in range(len(groups))}
     for r in range(args.rounds):

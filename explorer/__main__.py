@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:12s} {help_}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     module, func, _ = COMMANDS[argv[0]]
+    from .device import configure_allocator
+
+    configure_allocator()
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
 
 

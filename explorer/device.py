@@ -52,4 +52,40 @@ def configure_threads(default: int = 1) -> int:
         raise ValueError(f"EXPLORER_TORCH_THREADS must be at least 1, got {n}")
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    configure_allocator()
     return n
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+ALLOC_MMAP_THRESHOLD = 64 * 2**20  # bytes: smaller blocks come from the heap and are reused
+ALLOC_TRIM_THRESHOLD = 128 * 2**20  # bytes of free heap kept before returning memory to the system
+_allocator_done = False
+
+
+def configure_allocator() -> bool:
+    """Keep freed CPU tensors' memory for reuse (glibc only); returns True when it was applied.
+
+    glibc serves every block above 128 KB with a fresh mmap and unmaps it on free, so each training
+    step's stacked activations (K models x batch x width floats, a few hundred KB) come back as new
+    pages that fault on first touch: a relu over one took 232 us instead of 7 us. Raising the mmap
+    threshold makes them ordinary heap blocks that are reused. Measured with benchmarks.bench_sweep
+    (2 epochs, 3 rounds): the sweep engine 0.75 s -> 0.45 s, the plain loop 3.83 s -> 2.71 s.
+    Set EXPLORER_MALLOC_TUNING=0 to leave the allocator alone. A no-op off glibc.
+    """
+    global _allocator_done
+    if _allocator_done:
+        return True
+    if os.environ.get("EXPLORER_MALLOC_TUNING", "1").strip() == "0":
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(M_MMAP_THRESHOLD, ALLOC_MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, ALLOC_TRIM_THRESHOLD) == 1
+    _allocator_done = ok
+    return ok

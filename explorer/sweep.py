@@ -574,8 +574,11 @@ def compute_group(spec: SweepSpec, group: list[Point], cache_root: str | None = 
 
 
 def _worker_init(threads: int) -> None:
-    """Each local worker process uses its share of the cores."""
+    """Each local worker process uses its share of the cores (and reuses freed tensor memory)."""
+    from .device import configure_allocator
+
     torch.set_num_threads(threads)
+    configure_allocator()
 
 
 class Progress:
@@ -674,6 +677,9 @@ def _run_local(spec, groups, costs, cache, workers, report, checkpoint, ray_gpus
 
 def _ray_group(spec_dict: dict, group: list[tuple], cache_root: str) -> list[tuple[dict, dict, dict, dict]]:
     """A Ray task: train one group; return each point's (config, metrics, tensors as numpy, meta)."""
+    from .device import configure_allocator
+
+    configure_allocator()
     spec = spec_from_dict(spec_dict)
     data = load_data(spec)
     out = []
