@@ -59,12 +59,12 @@ def _model_wise(df: pd.DataFrame, metric: str, x_axis: str, epoch: int, closed_f
     data = pd.concat(rows)
     data["label noise"] = (100 * data["noise"]).round(1).astype(str) + "%"
     x = alt.X(f"{x_axis}:Q", scale=alt.Scale(type="log"), title="width" if x_axis == "width" else "parameters")
-    color = alt.Color("label noise:N")
+    color = alt.Color("label noise:N", scale=alt.Scale(scheme="tableau10"))  # distinct hues, not shades
     band = alt.Chart(data).mark_area(opacity=0.2).encode(x=x, y="min:Q", y2="max:Q", color=color,
                                                           detail="split:N")
     line = alt.Chart(data).mark_line(point=True).encode(
         x=x, y=alt.Y("mean:Q", title=METRIC_LABELS.get(metric, metric)), color=color,
-        strokeDash=alt.StrokeDash("split:N", title="set"),
+        strokeDash=alt.StrokeDash("split:N", title="set", legend=alt.Legend(symbolType="stroke")),
         tooltip=["label noise", x_axis, "split", alt.Tooltip("mean:Q", format=".3f")])
     marks = [band, line]
     fit_test = ("train_loss", 1e-6) if closed_form else ("train_err", 0.0)  # squared error fits exactly only at p >= n
