@@ -25,6 +25,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .config import ConfigError, check_choice, check_range
 from .device import get_device
+from .schedules import SCHEDULES
 
 # --- model builders: plain nn.Module factories, used batched and alone -----------------------------
 
@@ -106,14 +107,6 @@ OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], "BatchConfig"], torch.optim.
                                              fused=True),
     "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay, fused=True),
 }
-
-# learning-rate factor for (epoch index, total epochs), applied at the start of each epoch
-SCHEDULES: dict[str, Callable[[int, int], float]] = {
-    "constant": lambda e, n: 1.0,
-    "cosine": lambda e, n: 0.5 * (1.0 + math.cos(math.pi * e / max(n, 1))),
-    "inv_sqrt": lambda e, n: 1.0 / math.sqrt(1.0 + e),  # Nakkiran et al.'s SGD schedule, per epoch
-}
-
 
 @dataclass(frozen=True)
 class BatchConfig:

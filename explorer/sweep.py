@@ -25,7 +25,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ from . import ddmodels
 from .cache import Cache, Entry, to_plain
 from .config import ConfigError, check_choice, check_range
 from .device import describe_device, get_device
+from .schedules import SCHEDULES
+
+if TYPE_CHECKING:
+    import pandas
 
 aten = torch.ops.aten
 POINT_KIND = "dd_point"
@@ -48,28 +52,6 @@ AUGMENTS = ("none", "flip_crop")
 EVAL_CHUNK = 1024  # examples per evaluation forward, so evaluation never holds the whole set's activations
 MAX_POINTS = 2000
 MAX_GROUP = 64  # models trained together at most
-
-
-def _sched_constant(epoch: int, epochs: int) -> float:
-    """Constant learning rate."""
-    return 1.0
-
-
-def _sched_cosine(epoch: int, epochs: int) -> float:
-    """Cosine decay to zero over the run."""
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
-def _sched_inverse_sqrt(epoch: int, epochs: int) -> float:
-    """Nakkiran et al.'s SGD schedule: lr0 / sqrt(1 + floor(epoch / 512))."""
-    return 1.0 / math.sqrt(1.0 + epoch // 512)
-
-
-SCHEDULES: dict[str, Callable[[int, int], float]] = {
-    "constant": _sched_constant,
-    "cosine": _sched_cosine,
-    "inverse_sqrt": _sched_inverse_sqrt,
-}
 
 
 def _tuple(name: str, value: Any, kind: type) -> tuple:
