@@ -1,11 +1,16 @@
 """Sweep 1 (MNIST-1D MLP widths, both noise levels, one seed): our sweep engine vs a plain PyTorch loop.
 
-Baseline ("plain loop", as in the MNIST-1D notebook): for each width and noise level, one after the other,
-an nn.Sequential 40-h-h-10, a DataLoader over a TensorDataset (shuffle, batch 100), SGD momentum 0.9
-lr 0.01, zero_grad / backward / step, `.item()` of the loss each step, and per epoch the full train and
-test loss and error. Ours: explorer.sweep.train_group over plan_groups (all noise levels of a width, and
-small widths zero-padded together, as one grouped model; one host sync per epoch). Same data, recipe,
-epochs and per-epoch metrics on both sides; rounds alternate so machine noise hits both.
+Baseline ("plain loop"): fit_model of the MNIST-1D double-descent notebook (Understanding Deep Learning,
+Notebook 8.4), for each width and noise level one after the other: an nn.Sequential 40-h-h-10, a
+DataLoader over a TensorDataset (shuffle, batch 100), SGD momentum 0.9 lr 0.01, zero_grad / forward /
+backward / step, and per epoch the whole train and test set run through the model (as the notebook does it,
+outside torch.no_grad) for train and test error and loss, each read with .item().
+Ours: explorer.sweep.train_group over plan_groups (all noise levels of a width, and small widths
+zero-padded together, as one grouped model; one host sync per epoch), which also records the test metrics
+against the noisy test labels. Same data, recipe and epochs on both sides; rounds alternate so machine
+noise hits both; each group's time is the median over rounds.
+Roofline: the useful multiply-adds of the recipe (no padding), divided by this machine's fp32 matmul rate
+measured here, give a floor on any engine's time, so the best ratio an fp32 engine can reach here.
 The process's allocator is set up as the CLI and app set it up (explorer.device.configure_allocator: freed
 tensor memory is reused instead of mmap'd afresh); it applies to both sides. --no-malloc-tuning leaves it.
 Usage: python -m benchmarks.bench_sweep [--epochs 2] [--rounds 3] [--threads 0] [--no-malloc-tuning]
@@ -27,7 +32,7 @@ from explorer.sweep import SweepData, load_data, load_spec, noise_seed, noisy_la
 
 
 def plain_point(width: int, noise: float, seed: int, data: SweepData, epochs: int) -> None:
-    """One width and noise level, trained the textbook way."""
+    """One width and noise level, trained the textbook way (the notebook's fit_model)."""
     torch.manual_seed(seed)
     y = noisy_labels(data.y_train, noise, 10, noise_seed(seed, noise))
     net = nn.Sequential(nn.Linear(40, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
@@ -36,19 +41,35 @@ def plain_point(width: int, noise: float, seed: int, data: SweepData, epochs: in
     loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(TensorDataset(data.x_train, y), batch_size=100, shuffle=True)
     for _ in range(epochs):
-        net.train()
         for xb, yb in loader:
             opt.zero_grad()
             loss = loss_fn(net(xb), yb)
             loss.backward()
             opt.step()
-            loss.item()
-        net.eval()
-        with torch.no_grad():
-            for x, t in ((data.x_train, y), (data.x_test, data.y_test)):
-                z = net(x)
-                loss_fn(z, t).item()
-                (z.argmax(1) != t).float().mean().item()
+        pred_train, pred_test = net(data.x_train), net(data.x_test)
+        (pred_train.argmax(1) != y).float().mean().item()
+        (pred_test.argmax(1) != data.y_test).float().mean().item()
+        loss_fn(pred_train, y).item()
+        loss_fn(pred_test, data.y_test).item()
+
+
+def useful_flops(width: int, n_train: int, n_test: int, epochs: int) -> float:
+    """Floating-point operations one point needs: forward + backward (no input gradient) per training
+    example, and a forward per train and test example for the per-epoch metrics."""
+    macs = 40 * width + width * width + width * 10
+    return 2.0 * epochs * (n_train * (3 * macs - 40 * width) + (n_train + n_test) * macs)
+
+
+def matmul_rate(rounds: int = 5) -> float:
+    """This process's best fp32 matmul rate (FLOP/s) on a large square product, with its threads."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048 ** 3 / best
 
 
 def main() -> None:
@@ -89,6 +110,12 @@ def main() -> None:
     o = sum(statistics.median(v) for v in ours.values())
     print(f"total: plain loop {b:.2f} s, sweep engine {o:.2f} s")
     print(f"ratio sweep engine / plain loop (whole width grid): {b / o:.2f}x")
+    rate = matmul_rate()
+    work = sum(useful_flops(p.width, len(data.x_train), len(data.x_test), args.epochs) for g in groups for p in g)
+    floor = work / rate
+    print(f"roofline: {work / 1e9:.1f} GFLOP of useful work; fp32 matmul peak here {rate / 1e9:.0f} GFLOP/s, so no "
+          f"engine takes under {floor:.3f} s and the ratio cannot exceed {b / floor:.1f}x on this machine; "
+          f"ours runs at {work / o / 1e9:.0f} GFLOP/s ({100 * floor / o:.0f}% of peak)")
 
 
 if __name__ == "__main__":

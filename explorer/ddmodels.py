@@ -14,6 +14,7 @@ Families: the MNIST-1D MLP (in-h-h-out, ReLU), Nakkiran et al.'s 5-layer CNN wit
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -152,8 +153,9 @@ def build(family: str, width: int, k_models: int, in_shape: tuple[int, ...], num
     return MODELS[family](width, k_models, tuple(in_shape), num_classes)
 
 
+@functools.lru_cache(maxsize=1024)
 def param_count(family: str, width: int, in_shape: tuple[int, ...], num_classes: int) -> int:
-    """Trainable parameters of ONE model of this family and width."""
+    """Trainable parameters of ONE model of this family and width (built on the meta device, once)."""
     with torch.device("meta"):
         model = build(family, width, 1, in_shape, num_classes)
     return sum(p.numel() for p in model.parameters())

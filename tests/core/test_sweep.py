@@ -102,7 +102,7 @@ def test_fast_mlp_step_matches_autograd_and_padding_stays_zero() -> None:
                          "adam": lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.01)}[opt](m.parameters()))
         for _ in range(3):
             x, y = torch.randn(20, 40), torch.randint(0, 10, (2, 20))
-            net.step(x, torch.nn.functional.one_hot(y, 10).float(), 0.05)
+            net.step(net.prepare(x), torch.nn.functional.one_hot(y, 10).float(), 0.05)
             for k, (m, o) in enumerate(zip(models, opts)):
                 o.zero_grad()
                 torch.nn.functional.cross_entropy(m(x)[0], y[k]).backward()
