@@ -58,15 +58,21 @@ def _model_wise(df: pd.DataFrame, metric: str, x_axis: str, epoch: int, closed_f
         rows.append(g)
     data = pd.concat(rows)
     data["label noise"] = (100 * data["noise"]).round(1).astype(str) + "%"
-    x = alt.X(f"{x_axis}:Q", scale=alt.Scale(type="log"), title="width" if x_axis == "width" else "parameters")
-    color = alt.Color("label noise:N", scale=alt.Scale(scheme="tableau10"))  # distinct hues, not shades
+    lo, hi = float(data[x_axis].min()), float(data[x_axis].max())
+    x = alt.X(f"{x_axis}:Q", scale=alt.Scale(type="log", domain=[lo, hi], nice=False),  # the grid, not 1..1000
+              title="width" if x_axis == "width" else "parameters")
+    color = alt.Color("label noise:N", scale=alt.Scale(scheme="tableau10"),  # distinct hues, not shades
+                      legend=alt.Legend(symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3))
     band = alt.Chart(data).mark_area(opacity=0.2).encode(x=x, y="min:Q", y2="max:Q", color=color,
                                                           detail="split:N")
-    line = alt.Chart(data).mark_line(point=True).encode(
-        x=x, y=alt.Y("mean:Q", title=METRIC_LABELS.get(metric, metric)), color=color,
-        strokeDash=alt.StrokeDash("split:N", title="set", legend=alt.Legend(symbolType="stroke")),
+    y = alt.Y("mean:Q", title=f"{METRIC_LABELS.get(metric, metric)} / train")
+    line = alt.Chart(data).mark_line().encode(  # points are their own layer, so the legend shows the dashes
+        x=x, y=y, color=color, strokeDash=alt.StrokeDash("split:N", title="set", legend=alt.Legend(
+            symbolType="stroke", symbolStrokeColor="#555", symbolStrokeWidth=2, symbolSize=300)))
+    points = alt.Chart(data).mark_point(filled=True, size=30).encode(
+        x=x, y=y, color=alt.Color("label noise:N", scale=alt.Scale(scheme="tableau10"), legend=None),
         tooltip=["label noise", x_axis, "split", alt.Tooltip("mean:Q", format=".3f")])
-    marks = [band, line]
+    marks = [band, line, points]
     fit_test = ("train_loss", 1e-6) if closed_form else ("train_err", 0.0)  # squared error fits exactly only at p >= n
     thresholds = [{"label noise": f"{round(100 * p, 1)}%", "x": t} for p in sorted(df["noise"].unique())
                   if (t := interpolation_threshold(df, p, epoch, x_axis, *fit_test)) is not None]
@@ -113,9 +119,9 @@ def sweep_view() -> None:
     st.subheader("Model-wise: error against model size")
     closed_form = entry.config["family"].startswith("rf_")
     st.altair_chart(_model_wise(df, metric, x_axis, int(epoch), closed_form), width="stretch")
-    st.caption("Line: mean over seeds; band: min to max over seeds; dashed rule: the smallest model that fits "
-               "its training labels exactly (the interpolation threshold)" + (" (train squared error 0)." if closed_form
-                                                                             else " (train error 0)."))
+    st.caption("Solid: the chosen test metric; dashed: the same on the (noisy) training labels. Line: mean over "
+               "seeds; band: min to max over seeds. Dotted rule: the interpolation threshold, the smallest model "
+               "whose training " + ("squared error" if closed_form else "error") + " reaches 0.")
     if closed_form:
         st.caption("Random features: losses are squared errors of the one-hot targets; params = features x classes.")
     if len(epochs) > 1:
