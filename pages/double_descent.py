@@ -164,7 +164,9 @@ def live_sweep() -> None:
         def draw(j) -> None:
             st.progress(j.progress, text=j.message or j.state.value)
             if j.state.value == "done":
-                st.success("Done: pick it in the Sweep list above (it is the newest).")
+                st.success("Done: it is the newest sweep in the list above.")
+                st.button("Show it", key=K + "live_show", on_click=st.session_state.update,
+                          args=({K + "sweep": j.result},))  # a callback, so it runs before the selector exists
         poll_job(job, draw)
 
 

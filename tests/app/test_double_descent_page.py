@@ -80,3 +80,29 @@ def test_random_features_peak_is_computed_as_a_job(sweep_key: str) -> None:
         at.run()
     assert not at.exception
     assert any("p = n = 100" in c.value for c in at.caption)
+
+
+def test_live_sweep_runs_as_a_job_and_show_it_selects_it(sweep_key: str) -> None:
+    at = _app()
+    at.multiselect(key="dd_live_widths").set_value([2, 4])
+    at.slider(key="dd_live_epochs").set_value(5)
+    at.button(key="dd_live_go").click().run()
+    end = time.monotonic() + 60
+    while not _has(at, "dd_live_show") and time.monotonic() < end:
+        time.sleep(0.3)
+        at.run()
+    assert not at.exception
+    at.button(key="dd_live_show").click().run()
+    assert not at.exception
+    chosen = at.selectbox(key="dd_sweep").value
+    assert chosen != sweep_key
+    assert "live-mnist1d-mlp: mlp on mnist1d" in at.selectbox(key="dd_sweep").format_func(chosen)
+    assert "2 widths" in at.selectbox(key="dd_sweep").format_func(chosen)
+
+
+def _has(at: AppTest, key: str) -> bool:
+    try:
+        at.button(key=key)
+        return True
+    except KeyError:
+        return False
