@@ -1,10 +1,10 @@
 """Sweep 1 (MNIST-1D MLP widths, both noise levels, one seed): our sweep engine vs a plain PyTorch loop.
 
 Baseline ("plain loop"): fit_model of the MNIST-1D double-descent notebook (Understanding Deep Learning,
-Notebook 8.4), for each width and noise level one after the other: an nn.Sequential 40-h-h-10, a
-DataLoader over a TensorDataset (shuffle, batch 100), SGD momentum 0.9 lr 0.01, zero_grad / forward /
-backward / step, and per epoch the whole train and test set run through the model (as the notebook does it,
-outside torch.no_grad) for train and test error and loss, each read with .item().
+Notebook 8.3 "Double descent"), for each width and noise level one after the other: an nn.Sequential
+40-h-h-10, a DataLoader over a TensorDataset (shuffle, batch 100), SGD momentum 0.9 lr 0.01, zero_grad /
+forward / backward / step, and per epoch the whole train and test set run through the model (as the
+notebook does it, outside torch.no_grad) for train and test error and loss, each read with .item().
 Ours: explorer.sweep.train_group over plan_groups (all noise levels of a width, and small widths
 zero-padded together, as one grouped model; one host sync per epoch), which also records the test metrics
 against the noisy test labels. Same data, recipe and epochs on both sides; rounds alternate so machine
