@@ -66,14 +66,20 @@ def poll_job(job: Job, draw: Callable[[Job], Any], every: float = 0.5) -> None:
     _panel()
 
 
-def show_provenance(entry: Entry, recompute: str | None = None) -> None:
-    """Say where a shown result comes from: computed now or precomputed, how, on what, when."""
+def show_provenance(entry: Entry, recompute: str | None = None, compute_s: float | None = None) -> None:
+    """Say where a shown result comes from: computed now or precomputed, how, on what, when.
+
+    compute_s, if given, is the compute time of the parts the entry gathers (a sweep's points, which may
+    come from several resumed runs), shown instead of the wall time of the run that wrote the entry.
+    """
     meta = entry.meta
     origin = "Precomputed result shipped with the app" if entry.shipped else "Result from the cache"
     wall = meta.get("wall_time_s")
     parts = [origin, f"computed {meta.get('created', '?')}", f"on {meta.get('device', '?')}",
              f"code {meta.get('code_version', '?')}"]
-    if wall is not None:
+    if compute_s is not None:
+        parts.append(f"{float(compute_s):.1f} s of compute")
+    elif wall is not None:
         parts.append(f"in {float(wall):.1f} s")
     st.caption(" · ".join(parts) + (f" · recompute with `{recompute}`" if recompute else ""))
 

@@ -109,7 +109,7 @@ def sweep_view() -> None:
         for name in ("epoch", "ew_noise", "ew_widths"):
             st.session_state.pop(K + name, None)
         st.session_state[K + "shown"] = key
-    show_provenance(entry, recompute=recompute_command(entry))
+    show_provenance(entry, recompute=recompute_command(entry), compute_s=entry.metrics.get("points_wall_time_s"))
     df = _frame(key)
     epochs = sorted(df["epoch"].unique())
     c1, c2, c3 = st.columns(3)
