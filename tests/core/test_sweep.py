@@ -114,6 +114,20 @@ def test_fast_mlp_step_matches_autograd_and_padding_stays_zero() -> None:
         assert net.params[2][0, 3:].abs().max() == 0 and net.params[2][0, :, 3:].abs().max() == 0
 
 
+def test_chunked_evaluation_equals_cross_entropy_and_argmax() -> None:
+    from explorer import sweep
+
+    torch.manual_seed(0)
+    net = _MLPFast([3, 5, 5], [0, 1, 2], 40, 10, tiny(), torch.device("cpu"))
+    x = net.prepare(torch.randn(2500, 40))  # 3 chunks of at most EVAL_CHUNK
+    labels = [torch.randint(0, 10, (3, 2500)) for _ in range(2)]
+    z = net.logits(x)
+    for (loss, err), y in zip(sweep._evaluate(net, x, labels), labels):
+        ref = torch.stack([torch.nn.functional.cross_entropy(z[k], y[k]) for k in range(3)])
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(err, (z.argmax(-1) != y).float().mean(1))
+
+
 @pytest.mark.parametrize("family", ["mlp", "cnn5", "resnet18"])
 def test_grouped_model_equals_its_single_models(family: str) -> None:
     torch.manual_seed(0)
