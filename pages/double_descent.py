@@ -91,7 +91,8 @@ def _epoch_wise(df: pd.DataFrame, metric: str, noise: float, widths: list[int]) 
                                                               title=METRIC_LABELS.get(metric, metric)),
         tooltip=["width", "epoch", alt.Tooltip(f"{metric}:Q", format=".3f")]).properties(height=320)
     curves = alt.Chart(sel[sel["width"].isin(widths)]).mark_line().encode(
-        x=alt.X("epoch:Q", scale=alt.Scale(type="log", domain=[int(sel["epoch"].min()), int(sel["epoch"].max())], nice=False)),
+        x=alt.X("epoch:Q", scale=alt.Scale(type="log", nice=False,
+                                           domain=[int(sel["epoch"].min()), int(sel["epoch"].max())])),
         y=alt.Y(f"{metric}:Q", title=METRIC_LABELS.get(metric, metric)),
         color="width:N").properties(height=320)
     return heat, curves
