@@ -60,16 +60,16 @@ def useful_flops(width: int, n_train: int, n_test: int, epochs: int) -> float:
     return 2.0 * epochs * (n_train * (3 * macs - 40 * width) + (n_train + n_test) * macs)
 
 
-def matmul_rate(rounds: int = 5) -> float:
-    """This process's best fp32 matmul rate (FLOP/s) on a large square product, with its threads."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
+def matmul_rate(device: torch.device, rounds: int = 5) -> float:
+    """The best fp32 matmul rate (FLOP/s) of this process on `device`, on a large square product."""
+    n = 4096 if device.type != "cpu" else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     best = float("inf")
-    for _ in range(rounds):
+    for _ in range(rounds + 1):  # the first is a warm-up
         t = time.perf_counter()
-        a @ b
+        (a @ b).sum().item()  # .item() waits for an asynchronous device
         best = min(best, time.perf_counter() - t)
-    return 2 * 2048 ** 3 / best
+    return 2 * n ** 3 / best
 
 
 def main() -> None:
@@ -110,7 +110,7 @@ def main() -> None:
     o = sum(statistics.median(v) for v in ours.values())
     print(f"total: plain loop {b:.2f} s, sweep engine {o:.2f} s")
     print(f"ratio sweep engine / plain loop (whole width grid): {b / o:.2f}x")
-    rate = matmul_rate()
+    rate = matmul_rate(data.x_train.device)
     work = sum(useful_flops(p.width, len(data.x_train), len(data.x_test), args.epochs) for g in groups for p in g)
     floor = work / rate
     print(f"roofline: {work / 1e9:.1f} GFLOP of useful work; fp32 matmul peak here {rate / 1e9:.0f} GFLOP/s, so no "
