@@ -201,6 +201,25 @@ def load_spec(path: str | Path) -> SweepSpec:
     return parse_spec(path.read_text())
 
 
+LIVE_WIDTHS = (2, 3, 4, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 80, 100, 128, 200, 300)  # sweep 1's grid
+LIVE_MAX_EPOCHS = 500
+
+
+def live_spec(widths: list[int], noise_pct: int, epochs: int) -> SweepSpec:
+    """A small MNIST-1D MLP sweep to compute on demand (one seed, 0% and noise_pct% label noise).
+
+    Its limits are checked here, so a server refuses a request from outside the page's widgets too: widths
+    from sweep 1's grid, at most LIVE_MAX_EPOCHS epochs (the full grid then takes about 2 minutes on one core).
+    """
+    if not set(widths) <= set(LIVE_WIDTHS):
+        raise ConfigError(f"live widths must come from {list(LIVE_WIDTHS)}, got {sorted(widths)}")
+    check_range("epochs (live)", epochs, 5, LIVE_MAX_EPOCHS, integer=True)
+    check_range("label noise (%)", noise_pct, 0, 50, integer=True)
+    return SweepSpec(name="live-mnist1d-mlp", dataset="mnist1d", widths=tuple(sorted(widths)),
+                     label_noise=tuple(sorted({0.0, noise_pct / 100})), seeds=(0,), epochs=epochs,
+                     description="computed live from the page")
+
+
 def point_config(spec: SweepSpec, point: Point) -> dict[str, Any]:
     """The cache config of one point: the recipe plus its width, noise and seed."""
     return {**spec.recipe(), "width": point.width, "noise": point.noise, "seed": point.seed}

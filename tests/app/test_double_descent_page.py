@@ -69,6 +69,14 @@ def test_live_sweep_refuses_bad_settings(sweep_key: str) -> None:
     assert any("at least one value" in e.value for e in at.error)
 
 
+def test_live_presets_fill_the_form() -> None:
+    at = _app()
+    at.radio(key="dd_live_preset").set_value("the peak (500 epochs, about a minute)").run()
+    assert not at.exception
+    assert at.slider(key="dd_live_epochs").value == 500
+    assert at.multiselect(key="dd_live_widths").value == [4, 8, 16, 25, 32, 40, 50, 64, 100, 200]
+
+
 def test_random_features_peak_is_computed_as_a_job(sweep_key: str) -> None:
     at = _app()
     at.selectbox(key="dd_rf_data").set_value("digits").run()

@@ -73,6 +73,16 @@ def test_spec_needs_a_name() -> None:
         parse_spec(GOOD.replace('name = "tiny"', ""))
 
 
+def test_live_sweep_limits_are_checked_in_the_core() -> None:
+    from explorer.sweep import live_spec
+
+    for bad in (([4, 7], 15, 30), ([4], 15, 501), ([4], 60, 30), ([], 15, 30)):  # width, epochs, noise, none
+        with pytest.raises(ConfigError):
+            live_spec(*bad)
+    spec = live_spec([300, 2], 15, 500)
+    assert spec.widths == (2, 300) and spec.label_noise == (0.0, 0.15) and spec.seeds == (0,) and spec.epochs == 500
+
+
 def test_label_noise_statistics() -> None:
     y = torch.arange(10).repeat(1000)  # 10,000 labels, balanced
     noisy = noisy_labels(y, 0.15, 10, seed=3)
