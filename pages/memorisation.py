@@ -106,14 +106,23 @@ def _curves(m: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _split_dash() -> alt.StrokeDash:
+    """Training set solid, test set dashed (fixed, not by the order of the names), with stroke legend symbols."""
+    return alt.StrokeDash("split:N", scale=alt.Scale(domain=["train", "test"], range=[[1, 0], [5, 3]]),
+                          legend=alt.Legend(title=None, symbolType="stroke", symbolStrokeColor="#555",
+                                            symbolStrokeWidth=2, symbolSize=300))
+
+
 def _line(df: pd.DataFrame, x: str, y: str, color: str, chance: float | None = None,
           log_x: bool = False) -> alt.Chart:
     """Lines coloured by `color`, solid for train and dashed for test, with an optional chance rule."""
     scale = alt.Scale(type="log") if log_x else alt.Undefined
     chart = alt.Chart(df).mark_line(point=log_x).encode(
         x=alt.X(f"{x}:Q", scale=scale), y=alt.Y(f"{y}:Q"),
-        color=alt.Color(f"{color}:N", legend=alt.Legend(orient="bottom", columns=2, title=None)),
-        strokeDash=alt.StrokeDash("split:N", legend=alt.Legend(title=None)),
+        color=alt.Color(f"{color}:N", scale=alt.Scale(scheme="tableau10"),  # distinct hues, not shades
+                        legend=alt.Legend(orient="bottom", columns=2, title=None,
+                                          symbolType="stroke", symbolStrokeWidth=3)),
+        strokeDash=_split_dash(),
         tooltip=[color, "split", x, alt.Tooltip(f"{y}:Q", format=".3f")])
     if chance is not None:
         rule = alt.Chart(pd.DataFrame({"chance": [chance]})).mark_rule(strokeDash=[2, 2], color="grey").encode(
@@ -162,8 +171,7 @@ def draw_sweep_p(m: dict[str, Any]) -> None:
     df = pd.DataFrame(rows)
     c1, c2 = st.columns(2)
     chart = alt.Chart(df).mark_line(point=True).encode(
-        x="p:Q", y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
-        strokeDash=alt.StrokeDash("split:N", legend=alt.Legend(title=None)),
+        x="p:Q", y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), strokeDash=_split_dash(),
         tooltip=["p", "split", alt.Tooltip("accuracy:Q", format=".3f"), "epochs to fit"])
     rule = alt.Chart(pd.DataFrame({"chance": [m["chance"]]})).mark_rule(strokeDash=[2, 2], color="grey").encode(
         y="chance:Q")
