@@ -24,7 +24,7 @@ def home() -> None:
 
 
 configure_threads()
-st.set_page_config(page_title="explorer", page_icon="🔬", layout="wide")
-nav = st.navigation([st.Page(home, title="Home", icon="🏠", default=True)]
+st.set_page_config(page_title="explorer", page_icon=":material/science:", layout="wide")
+nav = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)]
                     + [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in PAGES])
 nav.run()
