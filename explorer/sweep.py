@@ -349,18 +349,18 @@ class _MLPFast:
     def step(self, x: torch.Tensor, y1h: torch.Tensor, lr: float, witness: torch.Tensor | None = None) -> None:
         """One step on prepared x (B, in + 1) with one-hot targets (K, B, C).
 
-        witness (K,), if given, receives a value that is finite exactly when each model's loss is: the sum
-        over the batch of sum(exp(z - max z)), which is in [1, C] per example unless a logit is inf or NaN
-        (the cross-entropy, computed stably, is finite exactly then).
+        witness (K,), if given, receives the sum of each model's logits: it is non-finite when a logit is inf
+        or NaN, which is exactly when the stably computed cross-entropy is (short of logits near 1e35, where
+        the sum itself overflows: a diverged model in any case).
         """
         w1, w2, w3 = self.weights
         bsz = x.shape[0]
         xk = x.expand(w1.shape[0], *x.shape)  # (K, B, in + 1)
         h1, h2, a1, a2, z = self._forward(xk)
+        if witness is not None:
+            torch.sum(z, (1, 2), out=witness)
         e = (z - z.amax(-1, keepdim=True)).exp_()
         s = e.sum(-1, keepdim=True)
-        if witness is not None:
-            torch.sum(s, (1, 2), out=witness)
         g3 = e.div_(s).sub_(y1h).mul_(1.0 / bsz)  # dL/dz of the mean cross-entropy: softmax - onehot, / B
         g2 = aten.threshold_backward(torch.bmm(g3, w3[:, :-1].transpose(1, 2)), h2, 0)  # (K, B, h); ReLU'
         g1 = aten.threshold_backward(torch.bmm(g2, w2[:, :-1].transpose(1, 2)), h1, 0)

@@ -244,6 +244,21 @@ def test_a_diverging_model_is_marked_and_the_others_go_on(monkeypatch) -> None:
     assert all(math.isnan(v) for v in results[1].metrics["test_err"])
 
 
+def test_the_step_witness_is_non_finite_exactly_when_the_loss_is() -> None:
+    spec = dataclasses.replace(tiny(), optimizer="sgd")
+    x, y = torch.randn(6, 40), torch.randint(0, 10, (3, 6))
+    y1h = torch.nn.functional.one_hot(y, 10).float()
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        net = _MLPFast([4, 4, 4], [0, 1, 2], 40, 10, spec, torch.device("cpu"))
+        net.params[5][1, 0, y[1, 0]] = bad  # model 1's bias of the first example's label: one logit non-finite
+        z = net.logits(net.prepare(x))
+        loss = torch.stack([torch.nn.functional.cross_entropy(z[k], y[k]) for k in range(3)])
+        witness = torch.empty(3)
+        net.step(net.prepare(x), y1h, 0.1, witness)
+        assert torch.equal(torch.isfinite(witness), torch.isfinite(loss)), bad
+        assert torch.isfinite(witness).tolist() == [True, False, True]
+
+
 def test_every_shipped_sweep_matches_its_spec_file(tmp_path) -> None:
     """Each shipped summary was computed from the spec file in sweeps/ that has its name, unchanged."""
     from explorer.sweep import load_spec, recompute_command, spec_file, summary_spec
