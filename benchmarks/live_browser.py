@@ -69,8 +69,8 @@ def streamlit_server(env: dict[str, str] | None = None, timeout: float = 60.0) -
 def open_page(page, url: str, ready_text: str, timeout_ms: int = 90_000) -> None:
     """Go to a page and wait for its text; dismiss Streamlit's spurious "Page not found" modal.
 
-    Streamlit shows that modal on the first load of a non-default st.navigation page in headless mode
-    (streamlit/streamlit#9992) although the right page runs underneath.
+    Streamlit shows that modal when the first visit after the server starts opens a page's URL directly
+    (streamlit/streamlit#8860, #9992; README, Design notes), although the right page runs underneath.
     """
     page.goto(url, wait_until="commit", timeout=timeout_ms)
     try:

@@ -19,9 +19,10 @@ K = "dd_"  # widget-key prefix
 METRIC_LABELS = {"test_err": "test error (clean labels)", "test_err_noisy": "test error (noisy labels)",
                  "test_loss": "test loss (clean labels)", "train_err": "train error", "train_loss": "train loss"}
 # Presets of the live sweep: widths, label noise (%), epochs. "The peak" shows model-wise double descent with one
-# seed (test error 0.48 at width 16, 0.56 at 40, 0.49 at 200) in about a minute on one core of the 2-core CPU.
+# seed (test error 0.48 at width 16, 0.56 at 40, 0.49 at 200): 58 s alone on one core, 91 s from the page with the
+# server and the browser on the same 2-core machine.
 LIVE_PRESETS = {"quick look (seconds)": ((4, 16, 64), 15, 30),
-                "the peak (500 epochs, about a minute)": ((4, 8, 16, 25, 32, 40, 50, 64, 100, 200), 15, 500)}
+                "the peak (500 epochs, 1-2 minutes)": ((4, 8, 16, 25, 32, 40, 50, 64, 100, 200), 15, 500)}
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -109,17 +110,21 @@ def sweep_view() -> None:
                 "`python -m explorer sweep sweeps/mnist1d_mlp.toml`.")
         return
     entry = entries[key]
-    if st.session_state.get(K + "shown") != key:  # another sweep: its epochs, noise levels and widths differ
-        for name in ("epoch", "ew_noise", "ew_widths"):
-            st.session_state.pop(K + name, None)
-        st.session_state[K + "shown"] = key
     show_provenance(entry, recompute=recompute_command(entry), compute_s=entry.metrics.get("points_wall_time_s"))
     df = _frame(key)
     epochs = sorted(df["epoch"].unique())
+    noises, widths = sorted(df["noise"].unique()), sorted(df["width"].unique())
+    if st.session_state.get(K + "shown") != key:
+        # Another sweep: its epochs, noise levels and widths differ. Set the widgets' values (popping them is not
+        # enough: the browser would send back its old value where it is still a valid choice).
+        st.session_state[K + "epoch"] = epochs[-1]
+        st.session_state[K + "ew_noise"] = noises[-1]
+        st.session_state[K + "ew_widths"] = sorted({widths[len(widths) // 3], widths[len(widths) // 2], widths[-1]})
+        st.session_state[K + "shown"] = key
     c1, c2, c3 = st.columns(3)
     metric = c1.selectbox("Metric", list(METRIC_LABELS), format_func=METRIC_LABELS.get, key=K + "metric")
     x_axis = c2.radio("x axis", ["width", "params"], horizontal=True, key=K + "xaxis")
-    epoch = c3.select_slider("At epoch", epochs, value=epochs[-1], key=K + "epoch") if len(epochs) > 1 else epochs[0]
+    epoch = c3.select_slider("At epoch", epochs, key=K + "epoch") if len(epochs) > 1 else epochs[0]
     st.subheader("Model-wise: error against model size")
     closed_form = entry.config["family"].startswith("rf_")
     st.altair_chart(_model_wise(df, metric, x_axis, int(epoch), closed_form), width="stretch")
@@ -130,13 +135,9 @@ def sweep_view() -> None:
         st.caption("Random features: losses are squared errors of the one-hot targets; params = features x classes.")
     if len(epochs) > 1:
         st.subheader("Epoch-wise: error against training time")
-        noises = sorted(df["noise"].unique())
-        widths = sorted(df["width"].unique())
         e1, e2 = st.columns(2)
-        noise = e1.selectbox("Label noise", noises, index=len(noises) - 1, format_func=lambda p: f"{100 * p:g}%",
-                             key=K + "ew_noise")
-        default = [w for w in (widths[len(widths) // 3], widths[len(widths) // 2], widths[-1])]
-        chosen = e2.multiselect("Widths", widths, default=sorted(set(default)), key=K + "ew_widths")
+        noise = e1.selectbox("Label noise", noises, format_func=lambda p: f"{100 * p:g}%", key=K + "ew_noise")
+        chosen = e2.multiselect("Widths", widths, key=K + "ew_widths")
         heat, curves = _epoch_wise(df, metric, noise, chosen)
         h1, h2 = st.columns(2)
         h1.altair_chart(heat, width="stretch")
@@ -152,12 +153,13 @@ def live_sweep() -> None:
     st.radio("Preset", list(LIVE_PRESETS), key=K + "live_preset", horizontal=True, on_change=use_preset,
              help="The MNIST-1D MLP of sweep 1 with one seed; the peak at the interpolation threshold needs "
                   "long training.")
-    widths0, noise0, epochs0 = LIVE_PRESETS[next(iter(LIVE_PRESETS))]
+    if K + "live_widths" not in st.session_state:  # the first preset; widgets then take their values from here
+        use_preset()
     with st.form(K + "live_form"):
         c1, c2, c3 = st.columns(3)
-        widths = c1.multiselect("Widths", LIVE_WIDTHS, default=list(widths0), key=K + "live_widths")
-        noise = c2.slider("Label noise (%)", 0, 50, noise0, key=K + "live_noise")
-        epochs = c3.slider("Epochs", 5, LIVE_MAX_EPOCHS, epochs0, key=K + "live_epochs")
+        widths = c1.multiselect("Widths", LIVE_WIDTHS, key=K + "live_widths")
+        noise = c2.slider("Label noise (%)", 0, 50, key=K + "live_noise")
+        epochs = c3.slider("Epochs", 5, LIVE_MAX_EPOCHS, key=K + "live_epochs")
         go = st.form_submit_button("Compute", key=K + "live_go")
     if go:
         spec = config_or_stop(lambda: live_spec(widths, noise, epochs))
@@ -174,8 +176,9 @@ def live_sweep() -> None:
             st.progress(j.progress, text=j.message or j.state.value)
             if j.state.value == "done":
                 st.success("Done: it is the newest sweep in the list above.")
-                st.button("Show it", key=K + "live_show", on_click=st.session_state.update,
-                          args=({K + "sweep": j.result},))  # a callback, so it runs before the selector exists
+                if st.button("Show it", key=K + "live_show", on_click=st.session_state.update,
+                             args=({K + "sweep": j.result},)):  # a callback: it runs before the selector exists
+                    st.rerun()  # this panel is a fragment: rerun the whole page so the selector above changes
         poll_job(job, draw)
 
 

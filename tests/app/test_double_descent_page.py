@@ -31,6 +31,8 @@ def sweep_key(tmp_path_factory) -> str:
     mp = pytest.MonkeyPatch()
     mp.setenv("EXPLORER_CACHE_DIR", str(root))
     res = run_sweep(parse_spec(SPEC), cache=Cache(root))
+    run_sweep(parse_spec(SPEC.replace('"page-test"', '"page-test-long"').replace("epochs = 3", "epochs = 4")),
+              cache=Cache(root))
     yield res.entry.key
     mp.undo()
 
@@ -55,6 +57,18 @@ def test_sweep_views_render_and_respond(sweep_key: str) -> None:
     assert not at.exception
 
 
+def test_switching_sweeps_resets_the_epoch_and_width_choices(sweep_key: str) -> None:
+    at = _app(sweep=sweep_key[:10])
+    at.select_slider(key="dd_epoch").set_value(2).run()
+    at.multiselect(key="dd_ew_widths").set_value([4]).run()
+    box = at.selectbox(key="dd_sweep")
+    other = next(o for o in box.options if "page-test-long" in o)
+    box.select(other).run()
+    assert not at.exception
+    assert at.select_slider(key="dd_epoch").value == 4  # the other sweep's last epoch, not the 2 chosen before
+    assert at.multiselect(key="dd_ew_widths").value == [4, 64]
+
+
 def test_bad_sweep_link_gets_a_message(sweep_key: str) -> None:
     at = _app(sweep="nosuchsweep")
     assert not at.exception
@@ -71,7 +85,7 @@ def test_live_sweep_refuses_bad_settings(sweep_key: str) -> None:
 
 def test_live_presets_fill_the_form() -> None:
     at = _app()
-    at.radio(key="dd_live_preset").set_value("the peak (500 epochs, about a minute)").run()
+    at.radio(key="dd_live_preset").set_value("the peak (500 epochs, 1-2 minutes)").run()
     assert not at.exception
     assert at.slider(key="dd_live_epochs").value == 500
     assert at.multiselect(key="dd_live_widths").value == [4, 8, 16, 25, 32, 40, 50, 64, 100, 200]

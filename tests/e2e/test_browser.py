@@ -88,3 +88,23 @@ def test_playground_csv_upload(browser_page) -> None:
     page.locator('input[type="file"]').set_input_files(files=[good])
     page.get_by_text("Output of the network").first.wait_for(timeout=30_000)
     _no_exception(page)
+
+
+def test_switching_sweeps_resets_the_epoch_slider(browser_page) -> None:
+    """The browser sends back a widget's old value while it is still a valid choice: the page must set it."""
+    from explorer.cache import Cache
+    from explorer.sweep import list_sweeps
+
+    keys = {e.config["name"]: e.key for e in list_sweeps(Cache()) if e.shipped}
+    url, page, errors = browser_page
+    open_page(page, f"{url}/double-descent-explorer?sweep={keys['fashion-cnn5'][:10]}", "Model-wise")
+    dismiss_modal(page)
+    slider = page.locator('[data-testid="stSlider"]').first
+    assert "At epoch\n\n30" in slider.inner_text()
+    page.locator('[data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name=re.compile("^mnist1d-mlp")).click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "At epoch\n\n500" not in slider.inner_text():
+        time.sleep(0.5)
+    assert "At epoch\n\n500" in slider.inner_text()  # the new sweep's last epoch, not the old sweep's 30
+    _no_exception(page)
