@@ -463,11 +463,11 @@ def _evaluate(net: Any, x: torch.Tensor, label_sets: list[torch.Tensor]) -> list
     for i in range(0, n, EVAL_CHUNK):
         z = net.logits(x[i:i + EVAL_CHUNK]).float()  # (K, b, C)
         m = z.amax(-1, keepdim=True)
-        lse = (z - m).exp_().sum(-1, keepdim=True).log_().add_(m)  # (K, b, 1): the loss is lse - z[y]
+        lse = (z - m).exp_().sum(-1, keepdim=True).log_().add_(m).sum((1, 2))  # (K,): the loss is lse - z[y]
         pred = z.argmax(-1)  # (K, b)
         for (loss, wrong), ys in zip(sums, label_sets):
             y = ys[:, i:i + EVAL_CHUNK]
-            loss += lse.sum((1, 2)) - z.gather(-1, y.unsqueeze(-1)).sum((1, 2))
+            loss += lse - z.gather(-1, y.unsqueeze(-1)).sum((1, 2))
             wrong += (pred != y).sum(1)
     return [(loss / n, wrong / n) for loss, wrong in sums]
 

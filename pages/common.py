@@ -1,10 +1,11 @@
-"""Small UI helpers shared by the pages: config errors, per-session jobs, live polling, provenance."""
+"""Small UI helpers shared by the pages: config errors, per-session jobs, live polling, provenance, charts."""
 
 from __future__ import annotations
 
 import time
 from typing import Any, Callable, TypeVar
 
+import altair as alt
 import streamlit as st
 
 from explorer.cache import Entry
@@ -100,3 +101,11 @@ def settings_from_url(schema: dict, prefix: str, validate: Callable[[dict], Any]
     except ConfigError as exc:
         st.session_state[prefix + "link_error"] = f"The link's settings were refused: {exc}. Showing the defaults."
         return {k: p.default for k, p in schema.items()}
+
+
+def split_dash(solid: str, dashed: str, title: str | None = None) -> alt.StrokeDash:
+    """Line style by the "split" column: `solid` drawn solid, `dashed` dashed, whatever the names' order (by
+    default Vega-Lite assigns dashes alphabetically), with line-segment legend symbols."""
+    return alt.StrokeDash("split:N", scale=alt.Scale(domain=[solid, dashed], range=[[1, 0], [5, 3]]),
+                          legend=alt.Legend(title=title, symbolType="stroke", symbolStrokeColor="#555",
+                                            symbolStrokeWidth=2, symbolSize=300))

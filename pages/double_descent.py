@@ -13,7 +13,7 @@ from explorer.config import ConfigError
 from explorer.randfeat import KINDS, RFConfig, cached_run, features_around
 from explorer.sweep import (LIVE_MAX_EPOCHS, LIVE_WIDTHS, SweepSpec, describe, interpolation_threshold, list_sweeps,
                             live_spec, recompute_command, run_sweep, sweep_frame)
-from pages.common import config_or_stop, get_job, poll_job, show_provenance, start_job
+from pages.common import config_or_stop, get_job, poll_job, show_provenance, split_dash, start_job
 
 K = "dd_"  # widget-key prefix
 METRIC_LABELS = {"test_err": "test error (clean labels)", "test_err_noisy": "test error (noisy labels)",
@@ -64,16 +64,16 @@ def _model_wise(df: pd.DataFrame, metric: str, x_axis: str, epoch: int, closed_f
     lo, hi = float(data[x_axis].min()), float(data[x_axis].max())
     x = alt.X(f"{x_axis}:Q", scale=alt.Scale(type="log", domain=[lo, hi], nice=False),  # the grid, not 1..1000
               title="width" if x_axis == "width" else "parameters")
-    color = alt.Color("label noise:N", scale=alt.Scale(scheme="tableau10"),  # distinct hues, not shades
+    hues = alt.Scale(scheme="tableau10")  # distinct hues, not shades
+    color = alt.Color("label noise:N", scale=hues,
                       legend=alt.Legend(symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3))
     band = alt.Chart(data).mark_area(opacity=0.2).encode(x=x, y="min:Q", y2="max:Q", color=color,
                                                           detail="split:N")
     y = alt.Y("mean:Q", title=f"{METRIC_LABELS.get(metric, metric)} / train")
     line = alt.Chart(data).mark_line().encode(  # points are their own layer, so the legend shows the dashes
-        x=x, y=y, color=color, strokeDash=alt.StrokeDash("split:N", title="set", legend=alt.Legend(
-            symbolType="stroke", symbolStrokeColor="#555", symbolStrokeWidth=2, symbolSize=300)))
+        x=x, y=y, color=color, strokeDash=split_dash("test", "train", "set"))
     points = alt.Chart(data).mark_point(filled=True, size=30).encode(
-        x=x, y=y, color=alt.Color("label noise:N", scale=alt.Scale(scheme="tableau10"), legend=None),
+        x=x, y=y, color=alt.Color("label noise:N", scale=hues, legend=None),
         tooltip=["label noise", x_axis, "split", alt.Tooltip("mean:Q", format=".3f")])
     marks = [band, line, points]
     fit_test = ("train_loss", 1e-6) if closed_form else ("train_err", 0.0)  # squared error fits exactly only at p >= n

@@ -15,7 +15,8 @@ from explorer.config import ConfigError, check_choice
 from explorer.corrupt import MODES, SCHEMES
 from explorer.jobs import Job
 from explorer.urlstate import Param
-from pages.common import config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
+from pages.common import (config_or_stop, get_job, poll_job, settings_from_url, show_provenance, split_dash,
+                          start_job)
 
 K = "mem_"  # widget-key prefix
 VIEWS = {"modes": "Corruption modes", "sweep-p": "Corruption fraction p", "sweep-width": "Width vs parameters"}
@@ -106,13 +107,6 @@ def _curves(m: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _split_dash() -> alt.StrokeDash:
-    """Training set solid, test set dashed (fixed, not by the order of the names), with stroke legend symbols."""
-    return alt.StrokeDash("split:N", scale=alt.Scale(domain=["train", "test"], range=[[1, 0], [5, 3]]),
-                          legend=alt.Legend(title=None, symbolType="stroke", symbolStrokeColor="#555",
-                                            symbolStrokeWidth=2, symbolSize=300))
-
-
 def _line(df: pd.DataFrame, x: str, y: str, color: str, chance: float | None = None,
           log_x: bool = False) -> alt.Chart:
     """Lines coloured by `color`, solid for train and dashed for test, with an optional chance rule."""
@@ -122,7 +116,7 @@ def _line(df: pd.DataFrame, x: str, y: str, color: str, chance: float | None = N
         color=alt.Color(f"{color}:N", scale=alt.Scale(scheme="tableau10"),  # distinct hues, not shades
                         legend=alt.Legend(orient="bottom", columns=2, title=None,
                                           symbolType="stroke", symbolStrokeWidth=3)),
-        strokeDash=_split_dash(),
+        strokeDash=split_dash("train", "test"),
         tooltip=[color, "split", x, alt.Tooltip(f"{y}:Q", format=".3f")])
     if chance is not None:
         rule = alt.Chart(pd.DataFrame({"chance": [chance]})).mark_rule(strokeDash=[2, 2], color="grey").encode(
@@ -171,7 +165,7 @@ def draw_sweep_p(m: dict[str, Any]) -> None:
     df = pd.DataFrame(rows)
     c1, c2 = st.columns(2)
     chart = alt.Chart(df).mark_line(point=True).encode(
-        x="p:Q", y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), strokeDash=_split_dash(),
+        x="p:Q", y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), strokeDash=split_dash("train", "test"),
         tooltip=["p", "split", alt.Tooltip("accuracy:Q", format=".3f"), "epochs to fit"])
     rule = alt.Chart(pd.DataFrame({"chance": [m["chance"]]})).mark_rule(strokeDash=[2, 2], color="grey").encode(
         y="chance:Q")
