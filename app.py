@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from explorer.device import configure_threads
-from pages.registry import PAGES
+from explorer.core.device import configure_threads
+from views.registry import LABS
 
 ROOT = Path(__file__).resolve().parent
 
@@ -17,7 +17,7 @@ def home() -> None:
     st.write("Each page trains real networks on your machine's best device and shows what happens. "
              "Pick one:")
     cols = st.columns(2)
-    for i, info in enumerate(PAGES):
+    for i, info in enumerate(LABS):
         with cols[i % 2].container(border=True):
             st.page_link(info.path, label=f"**{info.title}**", icon=info.icon)
             st.caption(info.see)
@@ -26,5 +26,5 @@ def home() -> None:
 configure_threads()
 st.set_page_config(page_title="explorer", page_icon=":material/science:", layout="wide")
 nav = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)]
-                    + [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in PAGES])
+                    + [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in LABS])
 nav.run()

@@ -15,10 +15,10 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from explorer.data2d import Data2DConfig, make_split
-from explorer.device import describe_device, get_device
-from explorer.engine import Trainer, TrainConfig
-from explorer.models import MLPConfig, mlp_module
+from explorer.core.device import describe_device, get_device
+from explorer.data.toy2d import Data2DConfig, make_split
+from explorer.nets.mlp import MLPConfig, mlp_module
+from explorer.train.single_mlp import TrainConfig, Trainer
 
 
 def plain_loop(model_cfg: MLPConfig, cfg: TrainConfig, x, y, seconds: float) -> float:
@@ -40,7 +40,7 @@ def plain_loop(model_cfg: MLPConfig, cfg: TrainConfig, x, y, seconds: float) -> 
 
 
 def engine_loop(model_cfg: MLPConfig, cfg: TrainConfig, x, y, seconds: float) -> float:
-    """Steps per second of explorer.engine.Trainer.run_epoch (one host sync per epoch)."""
+    """Steps per second of explorer.train.single_mlp.Trainer.run_epoch (one host sync per epoch)."""
     tr = Trainer(model_cfg, cfg, x, y)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:

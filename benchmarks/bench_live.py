@@ -13,8 +13,7 @@ import time
 
 from playwright.sync_api import sync_playwright
 
-from benchmarks.live_browser import (CHROMIUM_ARGS, chromium_path, dismiss_modal, measure_live, open_page,
-                                     streamlit_server)
+from benchmarks.live_browser import CHROMIUM_ARGS, chromium_path, measure_live, open_page, streamlit_server
 
 NAIVE_BASELINE_FPS = 5.0  # FACTS.md: run_every=0.05 + st.image, measured on these machines
 
@@ -32,7 +31,6 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         open_page(page, f"{url}/boundaries?speed={args.speed}&epochs=100000&hidden=8,8,8", "Output of the network")
         time.sleep(2)
-        dismiss_modal(page)
         page.get_by_role("button", name="Play").click()
         time.sleep(1.5)
         m = measure_live(page, args.seconds)

@@ -1,4 +1,4 @@
-"""Six corruption modes: one batched model (explorer.batched) vs six sequential plain loops, side by side.
+"""Six corruption modes: one batched model (explorer.train.stacked) vs six sequential plain loops, side by side.
 
 Workload: the memorisation lab's default MNIST-1D setting (1,000 training and 1,000 test examples,
 MLP 40-128-128-10, Adam 1e-3, batch 32), all six corruption modes, EPOCHS epochs each, with
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from explorer import corrupt
-from explorer.batched import ModelSpec, train_batched
-from explorer.device import describe_device, get_device
-from explorer.memorise import LabConfig, _batch_config, _modes_sets, _spec, _stack, load_lab_data
+from explorer.core.device import describe_device, get_device
+from explorer.data import noise as corrupt
+from explorer.labs.memorisation.lab import LabConfig, _batch_config, _modes_sets, _spec, _stack, load_lab_data
+from explorer.train.stacked import ModelSpec, train_batched
 
 
 def _evaluate(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
 Baseline ("K plain loops"): for each optimizer in turn, the textbook loop: nn.Module from the same
 initial weights, DataLoader over a TensorDataset (shuffle), zero_grad / backward / step, `.item()`
-of the loss every step, validation after every epoch. Ours: explorer.race.train_race, which trains
+of the loss every step, validation after every epoch. Ours: explorer.labs.optimizer_race.race.train_race, which trains
 the K copies as one stacked network (one forward and backward for all, hand-written for the MLP,
 then torch.optim steps: one optimizer per step() class with a param group per racer, each racer's
 weights one flat tensor, fused kernels where torch has them), batches as slices of a per-epoch
@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from explorer.device import describe_device
-from explorer.optimizers import OptimizerConfig, build_optimizer
-from explorer.race import TaskData, TaskRaceConfig, load_task_data, train_race
-from explorer.smallnets import NetConfig, build_net, init_state
+from explorer.core.device import describe_device
+from explorer.labs.optimizer_race.race import TaskData, TaskRaceConfig, load_task_data, train_race
+from explorer.nets.small import NetConfig, build_net, init_state
+from explorer.train.optimizers import OptimizerConfig, build_optimizer
 
 RACERS = (OptimizerConfig("sgd", 0.05), OptimizerConfig("momentum", 0.01), OptimizerConfig("nesterov", 0.01),
           OptimizerConfig("rmsprop", 1e-3), OptimizerConfig("adam", 1e-3), OptimizerConfig("adamw", 1e-3))
@@ -54,7 +54,7 @@ def plain_loops(cfg: TaskRaceConfig, data: TaskData) -> float:
 
 
 def our_race(cfg: TaskRaceConfig, data: TaskData) -> float:
-    """Seconds for explorer.race.train_race on the same settings."""
+    """Seconds for explorer.labs.optimizer_race.race.train_race on the same settings."""
     t0 = time.perf_counter()
     train_race(cfg, data)
     return time.perf_counter() - t0

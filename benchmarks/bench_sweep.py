@@ -5,13 +5,13 @@ Notebook 8.3 "Double descent"), for each width and noise level one after the oth
 40-h-h-10, a DataLoader over a TensorDataset (shuffle, batch 100), SGD momentum 0.9 lr 0.01, zero_grad /
 forward / backward / step, and per epoch the whole train and test set run through the model (as the
 notebook does it, outside torch.no_grad) for train and test error and loss, each read with .item().
-Ours: explorer.sweep.train_group over plan_groups (all noise levels of a width, and small widths
+Ours: explorer.labs.double_descent.train.train_group over plan_groups (all noise levels of a width, and small widths
 zero-padded together, as one grouped model; one host sync per epoch), which also records the test metrics
 against the noisy test labels. Same data, recipe and epochs on both sides; rounds alternate so machine
 noise hits both; each group's time is the median over rounds.
 Roofline: the useful multiply-adds of the recipe (no padding), divided by this machine's fp32 matmul rate
 measured here, give a floor on any engine's time, so the best ratio an fp32 engine can reach here.
-The process's allocator is set up as the CLI and app set it up (explorer.device.configure_allocator: freed
+The process's allocator is set up as the CLI and app set it up (explorer.core.device.configure_allocator: freed
 tensor memory is reused instead of mmap'd afresh); it applies to both sides. --no-malloc-tuning leaves it.
 Usage: python -m benchmarks.bench_sweep [--epochs 2] [--rounds 3] [--threads 0] [--no-malloc-tuning]
 """
@@ -27,8 +27,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from explorer.device import configure_allocator, describe_device
-from explorer.sweep import SweepData, load_data, load_spec, noise_seed, noisy_labels, plan_groups, train_group
+from explorer.core.device import configure_allocator, describe_device
+from explorer.data.noise import noise_seed, noisy_labels
+from explorer.labs.double_descent.run import plan_groups
+from explorer.labs.double_descent.spec import SweepData, load_data, load_spec
+from explorer.labs.double_descent.train import train_group
 
 
 def plain_point(width: int, noise: float, seed: int, data: SweepData, epochs: int) -> None:

@@ -2,7 +2,7 @@
 
 Baseline: PCA to 50 dimensions, then sklearn.manifold.TSNE with its default settings
 (perplexity 30, PCA init, Barnes-Hut, 1000 iterations), threads limited to 2.
-Ours: explorer.embed.compute_map (PCA-50, exact neighbours, PCA init, early exaggeration, FFT
+Ours: explorer.labs.data_maps.embed.compute_map (PCA-50, exact neighbours, PCA init, early exaggeration, FFT
 gradients via openTSNE with n_jobs=2, stopping once the map no longer moves), cache bypassed.
 Both start from the same decoded images; rounds alternate so machine noise hits both sides.
 Quality: sklearn.manifold.trustworthiness (10 neighbours) of both maps on the same 3,000-point
@@ -22,9 +22,9 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE, trustworthiness
 from threadpoolctl import threadpool_limits
 
-from explorer import datasets as D
-from explorer import embed as E
-from explorer.device import describe_device
+from explorer.core.device import describe_device
+from explorer.data import datasets as D
+from explorer.labs.data_maps import embed as E
 
 THREADS = 2
 

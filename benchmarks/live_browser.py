@@ -67,11 +67,7 @@ def streamlit_server(env: dict[str, str] | None = None, timeout: float = 60.0) -
 
 
 def open_page(page, url: str, ready_text: str, timeout_ms: int = 90_000) -> None:
-    """Go to a page and wait for its text; dismiss Streamlit's spurious "Page not found" modal.
-
-    Streamlit shows that modal when the first visit after the server starts opens a page's URL directly
-    (streamlit/streamlit#8860, #9992; README, Design notes), although the right page runs underneath.
-    """
+    """Go to a page and wait for its text (a screenshot is saved when it does not appear)."""
     page.goto(url, wait_until="commit", timeout=timeout_ms)
     try:
         page.get_by_text(ready_text).first.wait_for(timeout=timeout_ms)
@@ -79,17 +75,6 @@ def open_page(page, url: str, ready_text: str, timeout_ms: int = 90_000) -> None
         shot = Path(os.environ.get("TMPDIR", "/tmp")) / "explorer-open-page-failure.png"
         page.screenshot(path=str(shot), full_page=True)
         raise RuntimeError(f"{ready_text!r} did not appear at {url}; screenshot: {shot}") from None
-    dismiss_modal(page)
-
-
-def dismiss_modal(page) -> None:
-    """Close a "Page not found" dialog if one is open."""
-    for _ in range(3):
-        dialog = page.get_by_role("dialog")
-        if dialog.count() == 0:
-            return
-        page.keyboard.press("Escape")
-        time.sleep(0.3)
 
 
 WATCH_JS = """

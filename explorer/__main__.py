@@ -7,11 +7,11 @@ import sys
 
 # command -> (module, function taking argv, one-line help); modules are imported only when used
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "info": ("explorer.cli_info", "main", "show the device, data folder, cache folder and cached entries"),
-    "features": ("explorer.features", "main", "list cached models usable as map feature spaces, or train one"),
-    "map": ("explorer.cli_map", "main", "compute a 2D map (t-SNE/UMAP/PCA) of a data set into the cache, optionally as CSV"),
-    "memorise": ("explorer.memorise", "main", "memorisation lab: corruption modes, p sweep, width sweep"),
-    "sweep": ("explorer.sweep", "main", "run a double-descent sweep spec (TOML); resumes from the cache"),
+    "info": ("explorer.core.info", "main", "show the device, data folder, cache folder and cached entries"),
+    "features": ("explorer.labs.data_maps.feature_models", "main", "list cached models usable as map feature spaces, or train one"),
+    "map": ("explorer.labs.data_maps.cli", "main", "compute a 2D map (t-SNE/UMAP/PCA) of a data set into the cache, optionally as CSV"),
+    "memorise": ("explorer.labs.memorisation.lab", "main", "memorisation lab: corruption modes, p sweep, width sweep"),
+    "sweep": ("explorer.labs.double_descent.run", "main", "run a double-descent sweep spec (TOML); resumes from the cache"),
 }
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:12s} {help_}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     module, func, _ = COMMANDS[argv[0]]
-    from .device import configure_allocator
+    from explorer.core.device import configure_allocator
 
     configure_allocator()
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)

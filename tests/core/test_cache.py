@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.cache import FORMAT_VERSION, Cache, ComputeResult, Entry, key_for, to_plain
+from explorer.core.cache import FORMAT_VERSION, Cache, ComputeResult, Entry, key_for, to_plain
 
 
 class Act(enum.Enum):
@@ -170,7 +170,7 @@ def test_corrupt_entries_are_removed_and_recomputed(cache: Cache, corrupt, caplo
     calls: list[int] = []
     entry = cache.get_or_compute(KIND, PLAIN, _counting(calls))
     corrupt(entry.path)
-    with caplog.at_level(logging.WARNING, logger="explorer.cache"):
+    with caplog.at_level(logging.WARNING, logger="explorer.core.cache"):
         assert cache.get(KIND, PLAIN) is None
     assert "corrupt" in caplog.text
     assert not entry.path.exists()
@@ -253,7 +253,7 @@ def test_shipped_root_is_read_and_never_deleted(tmp_path: Path, caplog) -> None:
     assert [e.key for e in cache.entries(KIND)] == [entry.key]
 
     _edit_metrics(entry.path)
-    with caplog.at_level(logging.WARNING, logger="explorer.cache"):
+    with caplog.at_level(logging.WARNING, logger="explorer.core.cache"):
         assert cache.get(KIND, PLAIN) is None
     assert "shipped" in caplog.text and (entry.path / "metrics.json").exists()
     assert cache.entries(KIND) == []

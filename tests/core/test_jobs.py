@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from explorer.jobs import JobContext, JobRunner, JobState, _limits_from_env, default_runner
+from explorer.core.jobs import JobContext, JobRunner, JobState, _limits_from_env, default_runner
 
 TIMEOUT_S = 5.0  # generous upper bound for anything that should take milliseconds
 

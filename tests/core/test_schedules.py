@@ -2,12 +2,13 @@
 
 import math
 
-from explorer import batched, sweep
-from explorer.schedules import SCHEDULES
+from explorer.core.schedules import SCHEDULES
+from explorer.labs.double_descent import train as sweep_train
+from explorer.train import stacked as batched
 
 
 def test_every_trainer_uses_the_shared_registry() -> None:
-    assert batched.SCHEDULES is SCHEDULES and sweep.SCHEDULES is SCHEDULES
+    assert batched.SCHEDULES is SCHEDULES and sweep_train.SCHEDULES is SCHEDULES
 
 
 def test_schedule_values() -> None:

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pages.registry import PAGES as REGISTRY
-from benchmarks.live_browser import (CHROMIUM_ARGS, chromium_path, dismiss_modal, measure_live, open_page,
-                                     streamlit_server)
+from benchmarks.live_browser import CHROMIUM_ARGS, chromium_path, measure_live, open_page, streamlit_server
+from views.registry import LABS
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = [(p.title, p.url) for p in REGISTRY]
+PAGES = [(p.title, p.url) for p in LABS]
 
 if chromium_path() is None:
     pytest.skip("no Chromium installed (apt-get install -y chromium)", allow_module_level=True)
@@ -50,7 +49,6 @@ def test_page_opens_without_error(browser_page, title: str, path: str) -> None:
     url, page, errors = browser_page
     open_page(page, f"{url}/{path}", title)
     time.sleep(2)
-    dismiss_modal(page)
     _no_exception(page)
 
 
@@ -58,7 +56,6 @@ def test_playground_play_changes_the_boundary(browser_page) -> None:
     url, page, errors = browser_page
     open_page(page, f"{url}/boundaries?speed=0&epochs=100000", "Output of the network")
     time.sleep(1)
-    dismiss_modal(page)
     page.get_by_role("button", name="Play").click()
     time.sleep(1.0)
     m = measure_live(page, 4.0)
@@ -79,7 +76,6 @@ def test_playground_play_changes_the_boundary(browser_page) -> None:
 def test_playground_csv_upload(browser_page) -> None:
     url, page, errors = browser_page
     open_page(page, f"{url}/boundaries?dataset=upload", "Upload a CSV")
-    dismiss_modal(page)
     bad = {"name": "bad.csv", "mimeType": "text/csv", "buffer": b"x1,x2,label\n1,2\n"}
     page.locator('input[type="file"]').set_input_files(files=[bad])
     page.get_by_text("Setting refused").first.wait_for(timeout=30_000)
@@ -92,13 +88,12 @@ def test_playground_csv_upload(browser_page) -> None:
 
 def test_switching_sweeps_resets_the_epoch_slider(browser_page) -> None:
     """The browser sends back a widget's old value while it is still a valid choice: the page must set it."""
-    from explorer.cache import Cache
-    from explorer.sweep import list_sweeps
+    from explorer.core.cache import Cache
+    from explorer.labs.double_descent.results import list_sweeps
 
     keys = {e.config["name"]: e.key for e in list_sweeps(Cache()) if e.shipped}
     url, page, errors = browser_page
-    open_page(page, f"{url}/double-descent-explorer?sweep={keys['fashion-cnn5'][:10]}", "Model-wise")
-    dismiss_modal(page)
+    open_page(page, f"{url}/double_descent?sweep={keys['fashion-cnn5'][:10]}", "Model-wise")
     slider = page.locator('[data-testid="stSlider"]').first
     assert "At epoch\n\n30" in slider.inner_text()
     page.locator('[data-testid="stSelectbox"]').first.click()

@@ -1,0 +1,78 @@
+"""Where a result came from: code version, device, time and library versions."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from explorer.core.device import describe_device
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # explorer/
+REPO_DIR = PACKAGE_DIR.parent
+GIT_TIMEOUT_S = 5.0
+
+
+def _git(*args: str) -> str | None:
+    """Run a git command in the repo; None if git is missing, slow or fails."""
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def _git_version() -> str | None:
+    """'git:<short sha>[+dirty]' if the package lives at the top of a git checkout."""
+    top = _git("rev-parse", "--show-toplevel")
+    # An installed copy may sit inside some unrelated repository; only trust our own.
+    if not top or Path(top).resolve() != REPO_DIR:
+        return None
+    sha = _git("rev-parse", "--short", "HEAD")
+    status = _git("status", "--porcelain")
+    if not sha or status is None:
+        return None
+    return f"git:{sha}{'+dirty' if status else ''}"
+
+
+def _source_version() -> str:
+    """'src:<hash>' over the package's Python sources, for copies without git."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return f"src:{digest.hexdigest()[:12]}"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The version of the code that produced a result, computed once per process."""
+    return _git_version() or _source_version()
+
+
+def provenance(device: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Provenance for a result: code, device, UTC creation time, versions, plus `extra`."""
+    return {
+        "code_version": code_version(),
+        "device": describe_device() if device is None else device,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **extra,
+    }

@@ -1,0 +1,275 @@
+"""Running a sweep: plan groups, compute the missing points (resume) locally or on Ray, write the summary.
+
+CLI: python -m explorer sweep SPEC.toml [--backend local|ray] [--workers N] [--ship]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import dataclasses
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from explorer.core.cache import Cache, Entry, to_plain
+from explorer.core.config import ConfigError, check_choice, check_range
+from explorer.core.device import configure_allocator, describe_device
+from explorer.core.report import hms
+from explorer.data.datasets import DatasetUnavailable
+from explorer.labs.double_descent import random_features
+from explorer.labs.double_descent.spec import (MAX_GROUP, METRICS, POINT_KIND, RF_FAMILIES, SWEEP_KIND, Point,
+                                               PointResult, SweepData, SweepSpec, load_data, load_spec, point_config,
+                                               spec_from_dict)
+from explorer.labs.double_descent.train import train_group
+from explorer.nets import grouped as ddmodels
+
+# ---------------------------------------------------------------- planning, cache, backends
+
+def point_cost(spec: SweepSpec, width: int) -> float:
+    """Relative cost of one point (multiply-adds per example plus a fixed per-op overhead)."""
+    if spec.family == "mlp":
+        return width * (40 + width + 10) + 3_000
+    if spec.family in RF_FAMILIES:
+        return width * 1.0 + 1_000
+    return ddmodels.param_count(spec.family, width, (3, 32, 32), 10) * 20 + 50_000
+
+
+def plan_groups(spec: SweepSpec, points: list[Point]) -> list[list[Point]]:
+    """Group points to train together: same width; MLP widths merge while padding wastes < 25%."""
+    by_width: dict[int, list[Point]] = {}
+    for p in points:
+        by_width.setdefault(p.width, []).append(p)
+    groups: list[list[Point]] = []
+    for width in sorted(by_width):
+        members = by_width[width]
+        if spec.family == "mlp" and groups:
+            last = groups[-1]
+            merged = last + members
+            padded = len(merged) * point_cost(spec, width)
+            real = sum(point_cost(spec, p.width) for p in merged)
+            if padded <= 1.25 * real and len(merged) <= MAX_GROUP:
+                groups[-1] = merged
+                continue
+        for i in range(0, len(members), MAX_GROUP):
+            groups.append(members[i:i + MAX_GROUP])
+    return groups
+
+
+def compute_points(spec: SweepSpec, points: list[Point], data: SweepData, *,
+                   on_epoch: Callable[[int], None] | None = None,
+                   checkpoint: Callable[[], None] | None = None) -> list[PointResult]:
+    """A group's results: trained together (explorer.labs.double_descent.train), or random features in
+    closed form."""
+    if spec.trained:
+        return train_group(spec, points, data, on_epoch=on_epoch, checkpoint=checkpoint)
+    return [random_features.sweep_point(spec, p, data) for p in points]
+
+
+def result_to_entry(spec: SweepSpec, r: PointResult) -> tuple[dict, dict, dict]:
+    """(metrics, tensors, meta) of a point's cache entry."""
+    metrics = {"epochs": r.epochs, **r.metrics, "params": r.params, "diverged": r.diverged}
+    meta = {"wall_time_s": r.wall_time_s, "device": describe_device()}
+    return metrics, r.checkpoints, meta
+
+
+def compute_group(spec: SweepSpec, group: list[Point], cache_root: str | None = None,
+                  on_epoch: Callable[[int], None] | None = None,
+                  checkpoint: Callable[[], None] | None = None) -> list[str]:
+    """Train one group and write each point's entry to the cache; returns the entry keys."""
+    cache = Cache(Path(cache_root)) if cache_root else Cache()
+    data = load_data(spec)
+    results = compute_points(spec, group, data, on_epoch=on_epoch, checkpoint=checkpoint)
+    keys = []
+    for r in results:
+        metrics, tensors, meta = result_to_entry(spec, r)
+        keys.append(cache.put(POINT_KIND, point_config(spec, r.point), metrics, tensors, meta).key)
+    return keys
+
+
+def _worker_init(threads: int) -> None:
+    """Each local worker process uses its share of the cores (and reuses freed tensor memory)."""
+    torch.set_num_threads(threads)
+    configure_allocator()
+
+
+class Progress:
+    """A one-line terminal progress bar with an ETA weighted by each group's estimated cost."""
+
+    def __init__(self, total_cost: float, n_points: int, stream: Any = sys.stderr) -> None:
+        self.total, self.n_points, self.stream = max(total_cost, 1e-9), n_points, stream
+        self.done_cost, self.done_points, self.start = 0.0, 0, time.perf_counter()
+        self.partial = 0.0
+
+    def update(self, partial: float = 0.0, points: int = 0, cost: float = 0.0) -> str:
+        """Record progress (finished points and cost, plus cost done inside running groups) and draw."""
+        self.done_points += points
+        self.done_cost += cost
+        self.partial = partial
+        frac = min((self.done_cost + partial) / self.total, 1.0) if self.total > 1e-9 else 1.0
+        el = time.perf_counter() - self.start
+        eta = el * (1 - frac) / frac if frac > 0 else float("nan")
+        bar = "#" * int(30 * frac)
+        line = (f"\r[{bar:<30}] {100 * frac:5.1f}%  {self.done_points}/{self.n_points} points  "
+                f"elapsed {hms(el)}  ETA {hms(eta)}")
+        if self.stream is not None:
+            self.stream.write(line)
+            self.stream.flush()
+        return line
+
+
+@dataclass
+class SweepResult:
+    """A finished sweep: its summary entry and how many points were computed now vs found cached."""
+
+    entry: Entry
+    computed: int
+    cached: int
+    wall_time_s: float
+
+
+def run_sweep(spec: SweepSpec, *, backend: str = "local", workers: int = 1, cache: Cache | None = None,
+              on_progress: Callable[[float, str], None] | None = None,
+              checkpoint: Callable[[], None] | None = None, progress_stream: Any = None,
+              ray_gpus: float = 0.0) -> SweepResult:
+    """Compute every missing point (resume), then write and return the sweep's summary entry."""
+    check_choice("backend", backend, BACKENDS)
+    check_range("workers", workers, 1, 256, integer=True)
+    cache = cache or Cache()
+    start = time.perf_counter()
+    points = spec.points()
+    missing = [p for p in points if cache.get(POINT_KIND, point_config(spec, p)) is None]
+    groups = plan_groups(spec, missing)
+    costs = [sum(point_cost(spec, p.width) for p in g) * (spec.epochs if spec.trained else 1) for g in groups]
+    bar = Progress(sum(costs), len(points), progress_stream)
+    bar.update(points=len(points) - len(missing))
+
+    def report(partial: float = 0.0, points_done: int = 0, cost: float = 0.0) -> None:
+        line = bar.update(partial, points_done, cost)
+        if on_progress is not None:
+            on_progress(min((bar.done_cost + partial) / bar.total, 1.0), line.strip())
+
+    BACKENDS[backend](spec, groups, costs, cache, workers, report, checkpoint, ray_gpus)
+    if progress_stream is not None:
+        progress_stream.write("\n")
+    entry = write_summary(spec, cache, time.perf_counter() - start)
+    return SweepResult(entry, len(missing), len(points) - len(missing), time.perf_counter() - start)
+
+
+def _run_local(spec, groups, costs, cache, workers, report, checkpoint, ray_gpus) -> None:
+    """Groups one after another in this process, or in `workers` processes sharing the cores."""
+    root = str(cache.root)
+    if workers == 1:
+        for g, cost in zip(groups, costs):
+            per_epoch = cost / (spec.epochs if spec.trained else 1)
+            compute_group(spec, g, root, on_epoch=lambda e, pe=per_epoch: report(partial=e * pe),
+                          checkpoint=checkpoint)
+            report(points_done=len(g), cost=cost)
+        return
+    threads = max(1, torch.get_num_threads() // workers)
+    ctx = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        pending = {pool.submit(compute_group, spec, g, root): (g, c) for g, c in zip(groups, costs)}
+        for fut in futures.as_completed(pending):
+            fut.result()
+            g, cost = pending[fut]
+            report(points_done=len(g), cost=cost)
+            if checkpoint is not None:
+                checkpoint()
+
+
+def _ray_group(spec_dict: dict, group: list[tuple], cache_root: str) -> list[tuple[dict, dict, dict, dict]]:
+    """A Ray task: train one group; return each point's (config, metrics, tensors as numpy, meta)."""
+    configure_allocator()
+    spec = spec_from_dict(spec_dict)
+    data = load_data(spec)
+    out = []
+    for r in compute_points(spec, [Point(*p) for p in group], data):
+        metrics, tensors, meta = result_to_entry(spec, r)
+        out.append((point_config(spec, r.point), metrics, {k: v.numpy() for k, v in tensors.items()}, meta))
+    return out
+
+
+def _run_ray(spec, groups, costs, cache, workers, report, checkpoint, ray_gpus) -> None:
+    """Each group is a Ray task (num_gpus=ray_gpus each); the driver writes the results to its cache."""
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()  # join the cluster named there; it says how many CPUs and GPUs it has
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    task = ray.remote(num_gpus=ray_gpus, num_cpus=1)(_ray_group)
+    spec_dict = to_plain(spec)
+    refs = {task.remote(spec_dict, [dataclasses.astuple(p) for p in g], str(cache.root)): (g, c)
+            for g, c in zip(groups, costs)}
+    remaining = list(refs)
+    while remaining:
+        ready, remaining = ray.wait(remaining, num_returns=1)
+        for config, metrics, tensors, meta in ray.get(ready[0]):
+            cache.put(POINT_KIND, config, metrics, {k: torch.from_numpy(v) for k, v in tensors.items()}, meta)
+        g, cost = refs[ready[0]]
+        report(points_done=len(g), cost=cost)
+        if checkpoint is not None:
+            checkpoint()
+
+
+BACKENDS: dict[str, Callable[..., None]] = {"local": _run_local, "ray": _run_ray}
+
+
+def write_summary(spec: SweepSpec, cache: Cache, wall_time_s: float, root: Cache | None = None) -> Entry:
+    """The sweep-level entry: every point's per-epoch metrics as one (P, E, M) float32 tensor."""
+    entries = [cache.get(POINT_KIND, point_config(spec, p)) for p in spec.points()]
+    if any(e is None for e in entries):
+        raise RuntimeError("cannot summarise a sweep with missing points")
+    epochs = entries[0].metrics["epochs"]
+    table = torch.tensor([[e.metrics[m] for m in METRICS] for e in entries], dtype=torch.float32)  # (P, M, E)
+    points = [{"width": p.width, "noise": p.noise, "seed": p.seed, "params": e.metrics["params"],
+               "wall_time_s": e.meta.get("wall_time_s"), "device": e.meta.get("device"),
+               "code_version": e.meta.get("code_version"), "diverged": e.metrics["diverged"]}
+              for p, e in zip(spec.points(), entries)]
+    metrics = {"metric_names": list(METRICS), "epochs": epochs, "points": points,
+               "points_wall_time_s": sum(p["wall_time_s"] or 0.0 for p in points)}
+    meta = {"wall_time_s": wall_time_s, "sweep_name": spec.name}
+    return (root or cache).put(SWEEP_KIND, spec, metrics, {"metrics": table.transpose(1, 2).contiguous()}, meta)
+
+
+# ---------------------------------------------------------------- CLI
+
+def main(argv: list[str]) -> int:
+    """python -m explorer sweep SPEC.toml [--backend local|ray] [--workers N] [--ship]."""
+    ap = argparse.ArgumentParser(prog="python -m explorer sweep", description=__doc__.splitlines()[0])
+    ap.add_argument("spec", help="a sweep spec (TOML), e.g. sweeps/mnist1d_mlp.toml")
+    ap.add_argument("--backend", default="local", choices=sorted(BACKENDS))
+    ap.add_argument("--workers", type=int, default=1, help="parallel worker processes / Ray CPUs")
+    ap.add_argument("--gpus-per-task", type=float, default=0.0, help="Ray: GPUs per task (e.g. 0.25)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+    ap.add_argument("--ship", action="store_true", help="also write the summary to cache/shipped/")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a busy machine 1 thread per process beats oversubscription
+    try:
+        spec = load_spec(args.spec)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"sweep {spec.name}: {len(spec.points())} points on {describe_device()}", file=sys.stderr)
+    try:
+        res = run_sweep(spec, backend=args.backend, workers=args.workers, progress_stream=sys.stderr,
+                        ray_gpus=args.gpus_per_task)
+    except DatasetUnavailable as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 2
+    print(f"done: {res.computed} points computed, {res.cached} found in the cache, "
+          f"{res.wall_time_s:.1f} s; summary {res.entry.path}")
+    if args.ship:
+        cache = Cache()
+        shipped = write_summary(spec, cache, res.entry.meta["wall_time_s"], Cache(cache.shipped_root))
+        print(f"shipped: {shipped.path}")
+    return 0

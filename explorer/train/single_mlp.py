@@ -1,0 +1,448 @@
+"""Training engine for in-memory data: an MLP with hand-written backward, index-slice batches.
+
+At playground sizes the cost of a step is per-operation overhead, not arithmetic (see FACTS):
+autograd bookkeeping, a DataLoader collate and a `.item()` per step cost more than the maths.
+So the engine keeps the whole data set on the device, takes batches as slices of a once-per-epoch
+shuffled copy, computes gradients with fused ATen backward ops into preallocated buffers, updates
+with `torch._foreach_*` (the same kernels torch.optim uses), and syncs with the host once per
+epoch. Gradients are tested against autograd; updates against torch.optim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from explorer.core.config import ConfigError, check_choice, check_range
+from explorer.nets.mlp import ACTIVATIONS, MLPConfig, init_mlp_params
+
+aten = torch.ops.aten
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the message names the step and the likely cause."""
+
+    def __init__(self, message: str, step: int, epoch: int):
+        super().__init__(message)
+        self.step = step
+        self.epoch = epoch
+
+
+LOSSES = ("cross_entropy", "mse")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimizer, learning rate, batch size, regularisation, loss, seed."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.03  # step size, 1e-5..10
+    batch_size: int = 10  # examples per step; larger than the train set means full batch
+    loss: str = "cross_entropy"  # or "mse" (squared error, also for classification on one-hot targets)
+    l1: float = 0.0  # L1 penalty rate on weights (not biases)
+    l2: float = 0.0  # L2 penalty rate on weights (not biases)
+    momentum: float = 0.9  # for momentum / nesterov / rmsprop
+    seed: int = 0  # initial weights, dropout masks and batch order
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_range("learning rate", self.lr, 1e-5, 10.0)
+        check_range("batch size", self.batch_size, 1, 1_000_000, integer=True)
+        check_choice("loss", self.loss, LOSSES)
+        check_range("L1 rate", self.l1, 0.0, 10.0)
+        check_range("L2 rate", self.l2, 0.0, 10.0)
+        check_range("momentum", self.momentum, 0.0, 0.999)
+        check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
+
+
+class _ForeachSGD:
+    """SGD / momentum / Nesterov with the exact foreach kernel sequence of torch.optim.SGD."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, momentum: float = 0.0, nesterov: bool = False):
+        self.params, self.lr, self.momentum, self.nesterov = params, lr, momentum, nesterov
+        self.bufs: list[torch.Tensor] | None = None
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        if self.momentum:
+            if self.bufs is None:
+                self.bufs = [g.detach().clone() for g in grads]
+            else:
+                torch._foreach_mul_(self.bufs, self.momentum)
+                torch._foreach_add_(self.bufs, grads)
+            grads = torch._foreach_add(grads, self.bufs, alpha=self.momentum) if self.nesterov else self.bufs
+        torch._foreach_add_(self.params, grads, alpha=-self.lr)
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+
+
+class _TorchOptim:
+    """Any torch.optim optimizer driven with our gradient buffers as .grad."""
+
+    def __init__(self, opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]):
+        self.opt = opt
+        for p, g in zip(params, grads):
+            p.grad = g
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        self.opt.step()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+
+OptimizerFactory = Callable[[list[torch.Tensor], list[torch.Tensor], TrainConfig], "_ForeachSGD | _TorchOptim"]
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": lambda p, g, c: _ForeachSGD(p, c.lr),
+    "momentum": lambda p, g, c: _ForeachSGD(p, c.lr, c.momentum),
+    "nesterov": lambda p, g, c: _ForeachSGD(p, c.lr, c.momentum, nesterov=True),
+    "rmsprop": lambda p, g, c: _TorchOptim(torch.optim.RMSprop(p, lr=c.lr, foreach=True), p, g),
+    "adagrad": lambda p, g, c: _TorchOptim(torch.optim.Adagrad(p, lr=c.lr, foreach=True), p, g),
+    "adam": lambda p, g, c: _TorchOptim(torch.optim.Adam(p, lr=c.lr, foreach=True), p, g),
+    "adamw": lambda p, g, c: _TorchOptim(torch.optim.AdamW(p, lr=c.lr, foreach=True), p, g),
+}
+
+
+@dataclass
+class _Layer:
+    """Tensors of one linear layer (+ optional batch norm) and its gradient buffers."""
+
+    weight: torch.Tensor  # (in, out): nn.Linear's weight transposed, so the forward needs no transpose
+    bias: torch.Tensor  # (out,)
+    weight_t: torch.Tensor  # (out, in) view of weight, updated in place with it
+    grad_weight: torch.Tensor
+    grad_bias: torch.Tensor
+    bn_weight: torch.Tensor | None = None
+    bn_bias: torch.Tensor | None = None
+    grad_bn_weight: torch.Tensor | None = None
+    grad_bn_bias: torch.Tensor | None = None
+    running_mean: torch.Tensor | None = None
+    running_var: torch.Tensor | None = None
+
+
+class _Buffers:
+    """Preallocated activations for one batch size, with the transposed views backward needs."""
+
+    def __init__(self, b: int, sizes: list[int], device: torch.device, alias_post: bool, dropout: bool):
+        hidden = sizes[1:-1]
+        self.pre = [torch.empty(b, n, device=device) for n in hidden]  # (b, n) linear outputs
+        self.post = [p if alias_post else torch.empty_like(p) for p in self.pre]  # after the activation
+        self.out = [torch.empty_like(p) for p in self.post] if dropout else self.post  # after dropout
+        self.out_t = [o.t() for o in self.out]  # (n, b) views: the next layer's weight gradient
+        k = sizes[-1]
+        self.z = torch.empty(b, k, device=device)  # network output
+        self.lp = torch.empty(b, k, device=device)  # log-softmax of z, or z - y for squared error
+        self.lp_flat = self.lp.view(-1)
+        self.p = torch.empty(b, k, device=device)
+        self.masks: list[torch.Tensor | None] = [None] * len(hidden)
+        self.bn_in: list[tuple | None] = [None] * len(hidden)
+
+
+@dataclass
+class EpochStats:
+    """What one epoch produced (host values, after the epoch's single sync)."""
+
+    epoch: int
+    steps: int
+    train_loss: float  # mean of the step losses of the epoch
+
+
+@dataclass
+class History:
+    """Per-epoch curves, plain lists ready to plot."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains an MLP on in-memory tensors; deterministic for a seed on the CPU."""
+
+    def __init__(self, model: MLPConfig, train: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor,
+                 x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None, *,
+                 task: str = "classification"):
+        if x_train.shape[1] != model.in_dim:
+            raise ConfigError(f"the data has {x_train.shape[1]} inputs but the network expects {model.in_dim}")
+        if task == "classification" and train.loss == "cross_entropy" and model.out_dim < 2:
+            raise ConfigError("cross-entropy needs at least 2 outputs")
+        if task == "regression" and train.loss != "mse":
+            raise ConfigError("regression data needs the squared-error loss")
+        self.model, self.cfg, self.task = model, train, task
+        self.device = x_train.device
+        self.x_train, self.y_train = x_train, y_train
+        self.x_test, self.y_test = x_test, y_test
+        self.n = len(x_train)
+        self.batch_size = min(train.batch_size, self.n)
+        self.act = ACTIVATIONS[model.activation]
+        self.y_train_t = self._targets(y_train)
+        self.y_test_t = self._targets(y_test) if y_test is not None else None
+        self.gen = torch.Generator(device="cpu").manual_seed(train.seed)
+        self.dev_gen = self.gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(train.seed)
+        self._build(init_mlp_params(model, self.gen))
+        alias_post = self.act.forward_out is None and not model.batch_norm  # linear: post is pre
+        self._bufs = {b: _Buffers(b, model.sizes, self.device, alias_post, model.dropout > 0)
+                      for b in {self.batch_size, self.n % self.batch_size} if b}
+        self.epoch = 0
+        self.step_count = 0
+        self.history = History()
+
+    # --- parameters -------------------------------------------------------------------------
+    def _build(self, init: dict[str, torch.Tensor]) -> None:
+        dev = self.device
+        self.layers: list[_Layer] = []
+        for i in range(len(self.model.sizes) - 1):
+            w = init[f"layers.{i}.weight"].to(dev).t().contiguous()  # (in, out)
+            b = init[f"layers.{i}.bias"].to(dev).clone()
+            lay = _Layer(w, b, w.t(), torch.zeros_like(w), torch.zeros_like(b))
+            if f"bn.{i}.weight" in init:
+                lay.bn_weight = init[f"bn.{i}.weight"].to(dev).clone()
+                lay.bn_bias = init[f"bn.{i}.bias"].to(dev).clone()
+                lay.grad_bn_weight = torch.zeros_like(lay.bn_weight)
+                lay.grad_bn_bias = torch.zeros_like(lay.bn_bias)
+                rm = init.get(f"bn.{i}.running_mean")
+                rv = init.get(f"bn.{i}.running_var")
+                lay.running_mean = rm.to(dev).clone() if rm is not None else torch.zeros_like(lay.bn_weight)
+                lay.running_var = rv.to(dev).clone() if rv is not None else torch.ones_like(lay.bn_weight)
+            self.layers.append(lay)
+        self.params: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+        for lay in self.layers:
+            self.params += [lay.weight, lay.bias]
+            self.grads += [lay.grad_weight, lay.grad_bias]
+            if lay.bn_weight is not None:
+                self.params += [lay.bn_weight, lay.bn_bias]
+                self.grads += [lay.grad_bn_weight, lay.grad_bn_bias]
+        self.weights = [lay.weight for lay in self.layers]
+        self.grad_weights = [lay.grad_weight for lay in self.layers]
+        self.opt = OPTIMIZERS[self.cfg.optimizer](self.params, self.grads, self.cfg)
+        self.lr = self.cfg.lr
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Current weights (and batch-norm statistics) with nn.Module names and layout, on the CPU."""
+        out: dict[str, torch.Tensor] = {}
+        for i, lay in enumerate(self.layers):
+            out[f"layers.{i}.weight"] = lay.weight_t.detach().cpu().contiguous()
+            out[f"layers.{i}.bias"] = lay.bias.detach().cpu().clone()
+            if lay.bn_weight is not None:
+                out[f"bn.{i}.weight"] = lay.bn_weight.detach().cpu().clone()
+                out[f"bn.{i}.bias"] = lay.bn_bias.detach().cpu().clone()
+                out[f"bn.{i}.running_mean"] = lay.running_mean.detach().cpu().clone()
+                out[f"bn.{i}.running_var"] = lay.running_var.detach().cpu().clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace weights in place (optimizer state is kept)."""
+        with torch.no_grad():
+            for i, lay in enumerate(self.layers):
+                lay.weight_t.copy_(state[f"layers.{i}.weight"])
+                lay.bias.copy_(state[f"layers.{i}.bias"])
+                if lay.bn_weight is not None:
+                    lay.bn_weight.copy_(state[f"bn.{i}.weight"])
+                    lay.bn_bias.copy_(state[f"bn.{i}.bias"])
+                    lay.running_mean.copy_(state[f"bn.{i}.running_mean"])
+                    lay.running_var.copy_(state[f"bn.{i}.running_var"])
+
+    def set_lr(self, lr: float) -> None:
+        """Change the learning rate from the next step on (validated like the config)."""
+        check_range("learning rate", lr, 1e-5, 10.0)
+        self.lr = lr
+        self.opt.set_lr(lr)
+
+    def _targets(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        if y is None:
+            return None
+        if self.task == "classification":
+            return F.one_hot(y, self.model.out_dim).to(torch.float32)
+        return y.reshape(-1, 1).to(torch.float32)
+
+    # --- evaluation (allocating, eval mode) -----------------------------------------------------
+    def forward(self, x: torch.Tensor, hidden: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Eval-mode network output (logits or value); `hidden` collects each hidden layer's output."""
+        a = x
+        for lay in self.layers[:-1]:
+            h = torch.addmm(lay.bias, a, lay.weight)
+            if lay.bn_weight is not None:
+                h = F.batch_norm(h, lay.running_mean, lay.running_var, lay.bn_weight, lay.bn_bias, False, 0.0, BN_EPS)
+            a = self.act.forward(h)
+            if hidden is not None:
+                hidden.append(a)
+        last = self.layers[-1]
+        return torch.addmm(last.bias, a, last.weight)
+
+    def loss(self, x: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
+        """Mean data loss (no penalty) in eval mode, as a device scalar."""
+        z = self.forward(x)
+        if self.cfg.loss == "cross_entropy":
+            return -(torch.log_softmax(z, 1) * y_t).sum() / len(x)
+        return 0.5 * ((z - y_t) ** 2).sum() / len(x)
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Fraction correct (classification) as a device scalar."""
+        return (self.forward(x).argmax(1) == y).to(torch.float32).mean()
+
+    # --- training -------------------------------------------------------------------------------
+    def _train_forward(self, x: torch.Tensor, buf: _Buffers) -> torch.Tensor:
+        """Training-mode forward into the buffers (batch statistics, dropout masks)."""
+        a = x
+        act, p = self.act, self.model.dropout
+        for i, lay in enumerate(self.layers[:-1]):
+            h = torch.addmm(lay.bias, a, lay.weight, out=buf.pre[i])
+            if lay.bn_weight is not None:
+                h, mean, invstd = aten.native_batch_norm(buf.pre[i], lay.bn_weight, lay.bn_bias, lay.running_mean,
+                                                         lay.running_var, True, BN_MOMENTUM, BN_EPS)
+                buf.bn_in[i] = (h, mean, invstd)
+                if act.forward_out is None:
+                    buf.post[i].copy_(h)
+            if act.forward_out is not None:
+                act.forward_out(h, buf.post[i])
+            if p > 0:
+                mask = torch.rand(buf.post[i].shape, generator=self.dev_gen, device=self.device).ge_(p)
+                mask = mask.to(torch.float32).mul_(1.0 / (1.0 - p))
+                buf.masks[i] = mask
+                torch.mul(buf.post[i], mask, out=buf.out[i])
+            a = buf.out[i]
+        last = self.layers[-1]
+        return torch.addmm(last.bias, a, last.weight, out=buf.z)
+
+    def _backward(self, g: torch.Tensor, x_t: torch.Tensor, buf: _Buffers) -> None:
+        """Fill the gradient buffers from dL/dz (already divided by the batch size); x_t is the (in, b) input."""
+        act = self.act
+        for i in range(len(self.layers) - 1, -1, -1):
+            lay = self.layers[i]
+            torch.mm(buf.out_t[i - 1] if i else x_t, g, out=lay.grad_weight)
+            torch.sum(g, 0, out=lay.grad_bias)
+            if i == 0:
+                break
+            g = g.mm(lay.weight_t)
+            j = i - 1
+            if buf.masks[j] is not None:
+                g.mul_(buf.masks[j])
+            prev = self.layers[j]
+            pre = buf.bn_in[j][0] if prev.bn_weight is not None else buf.pre[j]
+            g = act.backward(g, pre, buf.post[j])
+            if prev.bn_weight is not None:
+                _, mean, invstd = buf.bn_in[j]
+                g, gw, gb = aten.native_batch_norm_backward(g, buf.pre[j], prev.bn_weight, prev.running_mean,
+                                                            prev.running_var, mean, invstd, True, BN_EPS,
+                                                            [True, True, True])
+                prev.grad_bn_weight.copy_(gw)
+                prev.grad_bn_bias.copy_(gb)
+        if self.cfg.l2:
+            torch._foreach_add_(self.grad_weights, self.weights, alpha=self.cfg.l2)
+        if self.cfg.l1:
+            torch._foreach_add_(self.grad_weights, torch._foreach_sign(self.weights), alpha=self.cfg.l1)
+
+    @torch.no_grad()
+    def run_epoch(self) -> EpochStats:
+        """One pass over the training set in a fresh seeded order; raises Diverged on a non-finite loss."""
+        n, bs = self.n, self.batch_size
+        perm = torch.randperm(n, generator=self.gen).to(self.device)
+        xs = self.x_train[perm]  # (n, in)
+        ys = self.y_train_t[perm]  # (n, k) one-hot or regression target
+        k = ys.shape[1]
+        ce = self.cfg.loss == "cross_entropy"
+        x_list, xt_list, y_list = xs.split(bs), xs.t().split(bs, 1), ys.split(bs)
+        yflat_list = ys.view(-1).split(bs * k)
+        yneg_list = (ys * (-1.0 / bs)).split(bs) if ce else y_list
+        n_steps = len(x_list)
+        raw = torch.empty(n_steps, device=self.device)  # per-step loss sums; one host sync at the end
+        views = raw.unbind()
+        bufs, opt, grads = self._bufs, self.opt, self.grads
+        for s in range(n_steps):
+            b = len(x_list[s])
+            buf = bufs[b]
+            z = self._train_forward(x_list[s], buf)
+            if ce:
+                torch._log_softmax(z, 1, False, out=buf.lp)
+                torch.dot(buf.lp_flat, yflat_list[s], out=views[s])
+                torch.exp(buf.lp, out=buf.p)
+                if b == bs:
+                    g = torch.add(yneg_list[s], buf.p, alpha=1.0 / b)
+                else:
+                    g = (buf.p - y_list[s]).mul_(1.0 / b)
+            else:
+                torch.sub(z, y_list[s], out=buf.lp)
+                torch.dot(buf.lp_flat, buf.lp_flat, out=views[s])
+                g = buf.lp * (1.0 / b)
+            self._backward(g, xt_list[s], buf)
+            opt.step(grads)
+        sizes = torch.tensor([len(xb) for xb in x_list], dtype=torch.float32, device=self.device)
+        losses = raw / sizes * (-1.0 if ce else 0.5)
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            self._diverged(self.step_count + bad, float(losses[bad]))
+        self.step_count += n_steps
+        self.epoch += 1
+        return EpochStats(self.epoch, n_steps, float(losses.mean()))
+
+    def _diverged(self, step: int, value: float) -> None:
+        lr = self.lr
+        hint = (f"the learning rate {lr:g} is probably too high for this network and data; try {lr / 10:g}"
+                if lr > 1e-3 else "check the data for extreme values and the regularisation rates")
+        raise Diverged(f"Training diverged: the loss became {value} at step {step + 1} "
+                       f"(epoch {self.epoch + 1}); {hint}.", step + 1, self.epoch + 1)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Full-set train/test loss (and accuracy) in eval mode; appends them to the history."""
+        out = {"train_loss": self.loss(self.x_train, self.y_train_t)}
+        has_test = self.x_test is not None and len(self.x_test) > 0
+        if has_test:
+            out["test_loss"] = self.loss(self.x_test, self.y_test_t)
+        if self.task == "classification":
+            out["train_acc"] = self.accuracy(self.x_train, self.y_train)
+            if has_test:
+                out["test_acc"] = self.accuracy(self.x_test, self.y_test)
+        vals = dict(zip(out, torch.stack(list(out.values())).tolist()))
+        h = self.history
+        h.epoch.append(self.epoch)
+        for name, v in vals.items():
+            getattr(h, name).append(v)
+        return vals
+
+    @torch.no_grad()
+    def hidden_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Eval-mode outputs of each hidden layer, and the network output."""
+        hidden: list[torch.Tensor] = []
+        z = self.forward(x, hidden)
+        return hidden, z
+
+
+@dataclass
+class RunResult:
+    """What `train` returns: the curves, the final weights, and why it stopped."""
+
+    history: History
+    state: dict[str, torch.Tensor]
+    epochs: int
+    steps: int
+    diverged: str | None = None
+
+
+def train(model: MLPConfig, cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor,
+          x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None, *, epochs: int = 100,
+          task: str = "classification", on_epoch: Callable[[Trainer], None] | None = None) -> RunResult:
+    """Train for `epochs`, evaluating after each; a divergence ends the run with its message."""
+    check_range("epochs", epochs, 1, 1_000_000, integer=True)
+    tr = Trainer(model, cfg, x_train, y_train, x_test, y_test, task=task)
+    diverged = None
+    for _ in range(epochs):
+        try:
+            tr.run_epoch()
+        except Diverged as exc:
+            diverged = str(exc)
+            break
+        tr.evaluate()
+        if on_epoch is not None:
+            on_epoch(tr)
+    return RunResult(tr.history, tr.state_dict(), tr.epoch, tr.step_count, diverged)

@@ -1,0 +1,238 @@
+"""Data sets: loaders on small files written in the real formats, bad folders, subsets, real data."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from explorer.core.config import ConfigError
+from explorer.data import datasets as D
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own cache and data folder, no downloads and an empty memo."""
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("EXPLORER_OFFLINE", "1")
+    D._memo.clear()
+
+
+def _images(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Random uint8 images."""
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def _write_folder(root: Path, per_class: dict[str, int], size: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    """PNG files <root>/<class>/<i>.png; returns the pixels written per class."""
+    written = {}
+    for k, (cls, n) in enumerate(per_class.items()):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        imgs = _images(n, (size, size, 3), seed + k)
+        for i, img in enumerate(imgs):
+            Image.fromarray(img).save(root / cls / f"{i:03d}.png")
+        written[cls] = imgs
+    return written
+
+
+# ---------------------------------------------------------------- embedded data
+
+
+def test_embedded_digits_and_mnist1d() -> None:
+    digits = D.load("digits", "train")
+    assert digits.x.dtype == torch.uint8 and digits.input_shape == (1, 8, 8) and digits.is_image
+    assert digits.y.dtype == torch.int64 and len(digits) + len(D.load("digits", "test")) == 1797
+    assert digits.num_classes == 10 and 0.0 <= digits.to_float().min() and digits.to_float().max() <= 1.0
+    m1d = D.load("mnist1d", "test")
+    assert m1d.x.dtype == torch.float32 and m1d.x.shape == (1000, 40) and not m1d.is_image
+    assert len(D.load("mnist1d", "train")) == 4000
+
+
+def test_second_load_comes_from_the_disk_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = D.load("digits", "test")
+    D._memo.clear()
+    monkeypatch.setattr("sklearn.datasets.load_digits", lambda: pytest.fail("decoded twice"))
+    second = D.load("digits", "test")
+    assert torch.equal(first.x, second.x) and torch.equal(first.y, second.y)
+
+
+# ---------------------------------------------------------------- real formats
+
+
+def _idx(path: Path, arr: np.ndarray) -> None:
+    """Write an IDX file (the MNIST format): magic, big-endian dims, raw uint8 data."""
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    path.write_bytes(header + arr.tobytes())
+
+
+def test_idx_files_through_torchvision(tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = {p: _images(n, (28, 28), i) for i, (p, n) in enumerate({"train": 12, "t10k": 5}.items())}
+    for prefix, imgs in images.items():
+        _idx(raw / f"{prefix}-images-idx3-ubyte", imgs)
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", (np.arange(len(imgs)) % 10).astype(np.uint8))
+    ds = D.load("fashion_mnist", "test")
+    assert ds.x.shape == (5, 1, 28, 28) and torch.equal(ds.x[:, 0], torch.from_numpy(images["t10k"]))
+    assert ds.y.tolist() == [0, 1, 2, 3, 4] and ds.classes[0] == "T-shirt/top"
+
+
+def test_cifar_pickles_through_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    batches = {}
+    for i, name in enumerate(names):
+        data = _images(4, (3 * 32 * 32,), i)  # CIFAR rows: 1024 R, 1024 G, 1024 B
+        batches[name] = data
+        with (folder / name).open("wb") as f:
+            pickle.dump({"data": data, "labels": [i % 10, 1, 2, 3]}, f)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with (folder / "batches.meta").open("wb") as f:
+        pickle.dump({"label_names": classes}, f)
+
+    def md5(name: str) -> str:
+        return hashlib.md5((folder / name).read_bytes()).hexdigest()
+
+    cifar = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cifar, "train_list", [[n, md5(n)] for n in names[:5]])
+    monkeypatch.setattr(cifar, "test_list", [["test_batch", md5("test_batch")]])
+    monkeypatch.setitem(cifar.meta, "md5", md5("batches.meta"))
+    test = D.load("cifar10", "test")
+    assert test.x.shape == (4, 3, 32, 32) and test.classes == tuple(classes)
+    assert torch.equal(test.x.reshape(4, -1), torch.from_numpy(batches["test_batch"]))
+    assert len(D.load("cifar10", "train")) == 20
+
+
+def test_image_folder_with_splits(tmp_path: Path) -> None:
+    written = _write_folder(tmp_path / "pics" / "train", {"cat": 3, "dog": 2})
+    _write_folder(tmp_path / "pics" / "test", {"cat": 1, "dog": 1})
+    ds = D.load(f"folder:{tmp_path / 'pics'}", "train")
+    assert ds.classes == ("cat", "dog") and ds.y.tolist() == [0, 0, 0, 1, 1]
+    assert torch.equal(ds.x[3], torch.from_numpy(written["dog"][0]).permute(2, 0, 1))
+    assert len(D.load(f"folder:{tmp_path / 'pics'}", "test")) == 2
+
+
+def test_image_folder_without_splits_is_split_and_change_is_noticed(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "pics", {"a": 10, "b": 5})
+    name = f"folder:{tmp_path / 'pics'}"
+    train, test = D.load(name, "train"), D.load(name, "test")
+    assert D.class_counts(train) == [8, 4] and D.class_counts(test) == [2, 1]
+    _write_folder(tmp_path / "pics", {"a": 10, "b": 10})
+    D._memo.clear()
+    assert D.class_counts(D.load(name, "train")) == [8, 8]
+
+
+def test_cifar_jpeg_zip(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    with zipfile.ZipFile(tmp_path / "data" / "cifar10-jpeg.zip", "w") as zf:
+        for split, n in (("train", 3), ("test", 2)):
+            for cls in ("airplane", "bird"):
+                for i, img in enumerate(_images(n, (32, 32, 3), n)):
+                    path = tmp_path / "x.jpg"
+                    Image.fromarray(img).save(path, quality=90)
+                    zf.write(path, f"cifar10-jpeg/{split}/{cls}/{i:04d}.jpg")
+    ds = D.load("cifar10", "test")
+    assert ds.x.shape == (4, 3, 32, 32) and ds.classes == ("airplane", "bird") and ds.y.tolist() == [0, 0, 1, 1]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda r: (r / "train" / "a" / "bad.png").write_bytes(b"not a png"), "bad.png cannot be read"),
+        (lambda r: (r / "train" / "a" / "notes.txt").write_text("hi"), "notes.txt is not an image"),
+        (lambda r: Image.new("RGB", (9, 7)).save(r / "train" / "b" / "big.png"), "big.png is 9x7"),
+        (lambda r: Image.new("RGB", (600, 4)).save(r / "train" / "a" / "000.png"), "must be resized"),
+    ],
+)
+def test_bad_folder_files_are_named(tmp_path: Path, make, expected: str) -> None:
+    _write_folder(tmp_path / "pics" / "train", {"a": 2, "b": 2})
+    make(tmp_path / "pics")
+    with pytest.raises(D.DatasetUnavailable, match=expected):
+        D.load(f"folder:{tmp_path / 'pics'}", "train")
+
+
+def test_one_class_empty_class_and_enormous_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_folder(tmp_path / "one" / "train", {"only": 3})
+    with pytest.raises(D.DatasetUnavailable, match="at least 2 class folders.*'only'"):
+        D.load(f"folder:{tmp_path / 'one'}")
+    (tmp_path / "one" / "train" / "empty").mkdir()
+    with pytest.raises(D.DatasetUnavailable, match="empty.*hold no images"):
+        D.load(f"folder:{tmp_path / 'one'}")
+    _write_folder(tmp_path / "big" / "train", {"a": 3, "b": 3})
+    monkeypatch.setattr(D, "MAX_FOLDER_IMAGES", 4)
+    with pytest.raises(D.DatasetUnavailable, match="more than 4 images"):
+        D.load(f"folder:{tmp_path / 'big'}")
+    with pytest.raises(D.DatasetUnavailable, match="does not exist"):
+        D.load(f"folder:{tmp_path / 'nowhere'}")
+
+
+def test_missing_set_says_how_to_provide_it_and_falls_back(tmp_path: Path) -> None:
+    with pytest.raises(D.DatasetUnavailable, match=r"t10k-images-idx3-ubyte.*FashionMNIST/raw.*downloads"):
+        D.load("fashion_mnist", "test")
+    ds, message = D.load_or_fallback("cifar10", "test")
+    assert ds.name == "digits" and "cifar-10-batches-py" in message and "cifar10-jpeg.zip" in message
+    ds, message = D.load_or_fallback("no_such_set", "train")
+    assert ds.name == "digits" and "unknown data set" in message
+    assert D.load_or_fallback("digits")[1] is None
+
+
+def test_names_and_splits_are_checked() -> None:
+    D.check_name("dataset", "cifar10")
+    D.check_name("dataset", "folder:/some/where")
+    with pytest.raises(ConfigError, match="dataset must be one of"):
+        D.check_name("dataset", "imagenet")
+    with pytest.raises(ConfigError, match="split"):
+        D.load("digits", "validation")
+
+
+# ---------------------------------------------------------------- subsets
+
+
+def test_subsets_are_seeded_and_can_be_imbalanced() -> None:
+    ds = D.load("digits", "train")
+    a, b = D.subset(ds, 5, seed=1), D.subset(ds, 5, seed=1)
+    assert D.class_counts(a) == [5] * 10 and torch.equal(a.x, b.x)
+    assert not torch.equal(a.y, D.subset(ds, 5, seed=2).y) or not torch.equal(a.x, D.subset(ds, 5, seed=2).x)
+    imbalanced = D.subset(ds, [100, 1, 1, 1, 1, 1, 1, 1, 1, 1000], seed=0)
+    counts = D.class_counts(imbalanced)
+    assert counts[:9] == [100] + [1] * 8 and counts[9] == D.class_counts(ds)[9]
+    assert D.imbalance_ratio(counts) == counts[9]
+    assert len(D.take(ds, 17, seed=3)) == 17 and torch.equal(D.take(ds, 17, 3).x, D.take(ds, 17, 3).x)
+    with pytest.raises(ConfigError):
+        D.subset(ds, [1, 2], seed=0)
+
+
+# ---------------------------------------------------------------- real data (skipped without it)
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets is not here")
+
+
+@needs_shared
+def test_real_fashion_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXPLORER_DATA_DIR", str(SHARED))
+    ds = D.load("fashion_mnist", "test")
+    assert ds.x.shape == (10000, 1, 28, 28) and D.class_counts(ds) == [1000] * 10
+
+
+@needs_shared
+def test_real_cifar10_from_the_jpeg_zip(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXPLORER_DATA_DIR", str(SHARED))
+    ds = D.load("cifar10", "test")
+    assert ds.x.shape == (10000, 3, 32, 32) and D.class_counts(ds) == [1000] * 10
+    assert ds.classes[0] == "airplane" and ds.classes[-1] == "truck"
+    assert 0.3 < ds.to_float().mean().item() < 0.7

@@ -1,0 +1,129 @@
+"""The decision-boundary page in AppTest: controls, live controls, URL settings, lecture mode, divergence."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+PAGE = str(Path(__file__).resolve().parents[2] / "views" / "boundaries.py")
+
+
+def _app(**params: str) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _run(at: AppTest):
+    return at.session_state["pg_run"]
+
+
+def _wait(cond, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def _stats(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("**Epoch"))
+
+
+def test_opens_ready_at_epoch_zero() -> None:
+    at = _app()
+    assert not at.exception
+    assert _stats(at).startswith("**Epoch 0**")
+    assert at.button(key="pg_btn_play").label.endswith("Play")
+
+
+def test_step_trains_exactly_one_epoch_then_reset_restores_initial_weights() -> None:
+    at = _app(speed="0")
+    run = _run(at)
+    initial = run.trainer.state_dict()
+    at.button(key="pg_btn_step").click().run()
+    _wait(lambda: run.trainer.epoch == 1)
+    time.sleep(0.3)
+    assert run.trainer.epoch == 1
+    at.button(key="pg_btn_reset").click().run()
+    new = _run(at)
+    assert new is not run and new.trainer.epoch == 0
+    for k, v in new.trainer.state_dict().items():
+        assert (v == initial[k]).all(), k
+
+
+def test_play_trains_and_learning_rate_changes_mid_run() -> None:
+    at = _app(speed="0", epochs="100000")
+    run = _run(at)
+    at.button(key="pg_btn_play").click().run()
+    _wait(lambda: run.trainer.epoch > 3)
+    at.select_slider(key="pg_lr").set_value(0.1).run()
+    assert _run(at) is run  # same run: a learning-rate change does not restart it
+    _wait(lambda: run.trainer.lr == 0.1)
+    at.button(key="pg_btn_pause").click().run()
+    _wait(lambda: at.session_state["pg_run"] is run and not run.trainer.epoch == 0)
+
+
+def test_changing_architecture_starts_a_new_run_and_reinit_changes_seed() -> None:
+    at = _app()
+    first = _run(at)
+    at.slider(key="pg_layers").set_value(3).run()
+    assert _run(at) is not first and _run(at).cfg.model.hidden[:2] == (8, 8) and len(_run(at).cfg.model.hidden) == 3
+    seed = at.session_state["pg_seed"]
+    at.button(key="pg_btn_reinit").click().run()
+    assert at.session_state["pg_seed"] != seed
+    assert _run(at).cfg.train.seed == at.session_state["pg_seed"]
+
+
+def test_url_settings_are_applied() -> None:
+    at = _app(dataset="xor", hidden="4,3", act="relu", lr="0.1", features="x1,x2,x1*x2", opt="adam")
+    assert not at.exception
+    cfg = _run(at).cfg
+    assert cfg.data.name == "xor" and cfg.model.hidden == (4, 3) and cfg.model.activation == "relu"
+    assert cfg.train.lr == 0.1 and cfg.train.optimizer == "adam" and cfg.data.features == ("x1", "x2", "x1*x2")
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"lr": "100"}, "learning rate"),
+    ({"hidden": "8,x"}, "hidden"),
+    ({"noise": "90"}, "noise"),
+    ({"bogus": "1"}, "unknown URL parameter"),
+    ({"hidden": ",".join(["8"] * 9)}, "hidden layers"),
+    ({"act": "swish"}, "activation"),
+])
+def test_bad_url_parameters_are_refused_with_a_message(params: dict, fragment: str) -> None:
+    at = _app(**params)
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "refused" in errors and fragment in errors
+    assert _run(at).cfg.train.lr == 0.03  # the defaults run instead
+
+
+def test_lecture_mode_hides_chosen_controls() -> None:
+    at = _app(lecture="1", hide="data,training")
+    assert not at.exception
+    keys = {w.key for w in at.selectbox}
+    assert "pg_dataset" not in keys and "pg_opt" not in keys and "pg_act" in keys
+    assert _run(at).cfg.data.name == "spiral"
+
+
+def test_copy_link_contains_the_settings() -> None:
+    at = _app(dataset="circle", noise="10")
+    at.button(key="pg_btn_link").click().run()
+    code = " ".join(c.value for c in at.code)
+    assert "dataset=circle" in code and "noise=10" in code
+
+
+def test_divergence_is_reported() -> None:
+    at = _app(act="relu", lr="10", dataset="circle", loss="mse", speed="0", features="x1,x2,x1^2,x2^2")
+    run = _run(at)
+    at.button(key="pg_btn_play").click().run()
+    _wait(lambda: run.status == "diverged")
+    at.run()
+    errors = " ".join(e.value for e in at.error)
+    assert "diverged" in errors and "learning rate" in errors

@@ -1,0 +1,131 @@
+"""The double-descent page in AppTest: sweep views from a cached sweep, a bad link, random features."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer.core.cache import Cache
+from explorer.labs.double_descent.run import run_sweep
+from explorer.labs.double_descent.spec import parse_spec
+
+PAGE = str(Path(__file__).resolve().parents[2] / "views" / "double_descent.py")
+SPEC = """
+name = "page-test"
+dataset = "digits"
+train_size = 150
+test_size = 100
+label_noise = [0.0, 0.2]
+widths = [4, 64]
+epochs = 3
+batch_size = 50
+seeds = [0, 1]
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep_key(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("dd_cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EXPLORER_CACHE_DIR", str(root))
+    res = run_sweep(parse_spec(SPEC), cache=Cache(root))
+    run_sweep(parse_spec(SPEC.replace('"page-test"', '"page-test-long"').replace("epochs = 3", "epochs = 4")),
+              cache=Cache(root))
+    yield res.entry.key
+    mp.undo()
+
+
+def _app(**params: str) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def test_sweep_views_render_and_respond(sweep_key: str) -> None:
+    at = _app(sweep=sweep_key[:10])
+    assert not at.exception
+    assert at.selectbox(key="dd_sweep").value == sweep_key
+    assert "page-test: mlp on digits" in at.selectbox(key="dd_sweep").format_func(sweep_key)
+    assert len(at.get("vega_lite_chart")) >= 3  # model-wise, heatmap, curves
+    at.selectbox(key="dd_metric").set_value("test_err_noisy").run()
+    at.radio(key="dd_xaxis").set_value("params").run()
+    at.select_slider(key="dd_epoch").set_value(2).run()
+    at.multiselect(key="dd_ew_widths").set_value([4]).run()
+    assert not at.exception
+
+
+def test_switching_sweeps_resets_the_epoch_and_width_choices(sweep_key: str) -> None:
+    at = _app(sweep=sweep_key[:10])
+    at.select_slider(key="dd_epoch").set_value(2).run()
+    at.multiselect(key="dd_ew_widths").set_value([4]).run()
+    box = at.selectbox(key="dd_sweep")
+    other = next(o for o in box.options if "page-test-long" in o)
+    box.select(other).run()
+    assert not at.exception
+    assert at.select_slider(key="dd_epoch").value == 4  # the other sweep's last epoch, not the 2 chosen before
+    assert at.multiselect(key="dd_ew_widths").value == [4, 64]
+
+
+def test_bad_sweep_link_gets_a_message(sweep_key: str) -> None:
+    at = _app(sweep="nosuchsweep")
+    assert not at.exception
+    assert any("No sweep matches" in w.value for w in at.warning)
+
+
+def test_live_sweep_refuses_bad_settings(sweep_key: str) -> None:
+    at = _app()
+    at.multiselect(key="dd_live_widths").set_value([])
+    at.button(key="dd_live_go").click().run()
+    assert not at.exception
+    assert any("at least one value" in e.value for e in at.error)
+
+
+def test_live_presets_fill_the_form() -> None:
+    at = _app()
+    at.radio(key="dd_live_preset").set_value("the peak (500 epochs, 1-2 minutes)").run()
+    assert not at.exception
+    assert at.slider(key="dd_live_epochs").value == 500
+    assert at.multiselect(key="dd_live_widths").value == [4, 8, 16, 25, 32, 40, 50, 64, 100, 200]
+
+
+def test_random_features_peak_is_computed_as_a_job(sweep_key: str) -> None:
+    at = _app()
+    at.selectbox(key="dd_rf_data").set_value("digits").run()
+    at.select_slider(key="dd_rf_n").set_value(100).run()
+    at.button(key="dd_rf_go").click().run()
+    end = time.monotonic() + 40
+    while time.monotonic() < end and not any("p = n = 100" in c.value for c in at.caption):
+        time.sleep(0.3)
+        at.run()
+    assert not at.exception
+    assert any("p = n = 100" in c.value for c in at.caption)
+
+
+def test_live_sweep_runs_as_a_job_and_show_it_selects_it(sweep_key: str) -> None:
+    at = _app()
+    at.multiselect(key="dd_live_widths").set_value([2, 4])
+    at.slider(key="dd_live_epochs").set_value(5)
+    at.button(key="dd_live_go").click().run()
+    end = time.monotonic() + 60
+    while not _has(at, "dd_live_show") and time.monotonic() < end:
+        time.sleep(0.3)
+        at.run()
+    assert not at.exception
+    at.button(key="dd_live_show").click().run()
+    assert not at.exception
+    chosen = at.selectbox(key="dd_sweep").value
+    assert chosen != sweep_key
+    assert "live-mnist1d-mlp: mlp on mnist1d" in at.selectbox(key="dd_sweep").format_func(chosen)
+    assert "2 widths" in at.selectbox(key="dd_sweep").format_func(chosen)
+
+
+def _has(at: AppTest, key: str) -> bool:
+    try:
+        at.button(key=key)
+        return True
+    except KeyError:
+        return False

@@ -1,0 +1,270 @@
+"""Decision boundaries: a TensorFlow-Playground-style live view of a small MLP learning a 2D data set."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from urllib.parse import urlencode
+
+import streamlit as st
+
+from explorer.core.config import ConfigError
+from explorer.core.jobs import JobState
+from explorer.core.urlstate import Param, encode_params
+from explorer.data.toy2d import DOMAIN, FEATURES, GENERATORS, UPLOAD, parse_points_csv, task_of
+from explorer.labs.boundaries.run import SPEEDS, PlaygroundRun, Snapshot, build_config
+from explorer.nets.mlp import ACTIVATIONS, MAX_LAYERS, MAX_WIDTH
+from explorer.render.png import boundary_png, curves_png, matrix_png, tiles_png
+from explorer.train.single_mlp import LOSSES, OPTIMIZERS
+from views.widgets import config_or_stop, get_job, settings_from_url, start_job
+
+LRS = (0.00001, 0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+GROUPS = ("data", "features", "network", "training", "views")
+SCHEMA = {
+    "dataset": Param(str, "spiral"), "noise": Param(int, 0), "ratio": Param(int, 50), "points": Param(int, 500),
+    "dseed": Param(int, 0), "features": Param(tuple, ("x1", "x2")), "hidden": Param(tuple, (8, 8), int),
+    "act": Param(str, "tanh"), "bn": Param(bool, False), "dropout": Param(float, 0.0), "reg": Param(str, "none"),
+    "rate": Param(float, 0.0), "loss": Param(str, "cross_entropy"), "opt": Param(str, "sgd"),
+    "lr": Param(float, 0.03), "batch": Param(int, 10), "seed": Param(int, 0), "epochs": Param(int, 1000),
+    "speed": Param(int, 30), "test": Param(bool, True), "discrete": Param(bool, False),
+    "lecture": Param(bool, False), "hide": Param(tuple, ()),
+}
+K = "pg_"  # widget-key prefix
+
+
+def _settings_to_config(v: dict, upload=None, upload_sha: str = ""):
+    return build_config(dataset=v["dataset"], noise=v["noise"], train_ratio=v["ratio"], n_points=v["points"],
+                        data_seed=v["dseed"], features=tuple(v["features"]), hidden=tuple(v["hidden"]),
+                        activation=v["act"], batch_norm=v["bn"], dropout=v["dropout"], regularization=v["reg"],
+                        reg_rate=v["rate"], loss=v["loss"], optimizer=v["opt"], lr=v["lr"], batch_size=v["batch"],
+                        seed=v["seed"], epochs=v["epochs"], upload=upload, upload_sha=upload_sha)
+
+
+def _init_from_url() -> None:
+    """First run of a session: settings from the URL, validated on the server; refused ones get a message."""
+    def validate(v: dict) -> None:
+        if v["dataset"] != UPLOAD:
+            _settings_to_config(v)
+        if v["speed"] not in SPEEDS or any(g not in GROUPS for g in v["hide"]):
+            raise ConfigError(f"speed must be one of {SPEEDS} and hide a list of {', '.join(GROUPS)}")
+
+    values = settings_from_url(SCHEMA, K, validate)
+    for name, val in values.items():
+        if name == "hidden":
+            st.session_state[K + "layers"] = len(val)
+            for i, w in enumerate(val):
+                st.session_state[f"{K}w{i}"] = w
+        else:
+            st.session_state[K + name] = list(val) if isinstance(val, tuple) else val
+    if values["lr"] not in LRS:
+        st.session_state[K + "extra_lr"] = values["lr"]
+
+
+def _keep_widget_state() -> None:
+    """Widgets hidden in lecture mode keep their values (Streamlit drops the state of unrendered widgets)."""
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith(K) and not key.startswith((K + "btn", K + "upload")):
+            st.session_state[key] = st.session_state[key]
+
+
+def _reinit() -> None:
+    st.session_state[K + "seed"] = random.randrange(1, 100_000)
+
+
+def _controls(hide: set[str]) -> tuple[dict, object, str]:
+    """Draw the control panels (skipping hidden groups) and return the settings dict."""
+    s = st.session_state
+    upload, upload_sha = None, ""
+    c_data, c_net, c_train = st.columns([1, 1.3, 1])
+    with c_data:
+        if "data" not in hide:
+            st.markdown("**Data**")
+            st.selectbox("Data set", [*GENERATORS, UPLOAD], key=K + "dataset")
+            st.slider("Noise (%)", 0, 50, key=K + "noise")
+            st.slider("Training data (%)", 10, 90, key=K + "ratio")
+            st.select_slider("Points", [100, 200, 500, 1000, 2000], key=K + "points")
+            st.number_input("Data seed", 0, 2**31 - 1, key=K + "dseed")
+        if s[K + "dataset"] == UPLOAD:
+            f = st.file_uploader("Your points: CSV with x1, x2, label", type=["csv"], key=K + "upload")
+            if f is None:
+                st.info("Upload a CSV with columns x1, x2, label (label 0-9 for classes, any number for regression).")
+                st.stop()
+            upload, upload_sha = config_or_stop(lambda: parse_points_csv(f.getvalue()))
+        if "features" not in hide:
+            st.pills("Input features", list(FEATURES), selection_mode="multi", key=K + "features")
+    with c_net:
+        if "network" not in hide:
+            st.markdown("**Network**")
+            st.slider("Hidden layers", 0, MAX_LAYERS, key=K + "layers")
+            n = s[K + "layers"]
+            wcols = st.columns(4) if n else []
+            for i in range(n):
+                s.setdefault(f"{K}w{i}", 4)
+                wcols[i % 4].number_input(f"Layer {i + 1}", 1, MAX_WIDTH, key=f"{K}w{i}")
+            a, b = st.columns(2)
+            a.selectbox("Activation", list(ACTIVATIONS), key=K + "act")
+            b.slider("Dropout", 0.0, 0.9, step=0.05, key=K + "dropout")
+            st.checkbox("Batch norm", key=K + "bn")
+    with c_train:
+        if "training" not in hide:
+            st.markdown("**Training**")
+            lrs = sorted(set(LRS) | ({s[K + "extra_lr"]} if K + "extra_lr" in s else set()))
+            st.select_slider("Learning rate", lrs, key=K + "lr", help="Changes take effect at once, mid-run.")
+            a, b = st.columns(2)
+            a.selectbox("Optimizer", list(OPTIMIZERS), key=K + "opt")
+            b.number_input("Batch size", 1, 100_000, key=K + "batch", help="Larger than the training set: full batch.")
+            a.selectbox("Regularization", ["none", "L1", "L2"], key=K + "reg")
+            b.select_slider("Rate", [0.0, 0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], key=K + "rate")
+            a.selectbox("Loss", list(LOSSES), key=K + "loss", disabled=task_of(s[K + "dataset"]) == "regression")
+            b.number_input("Stop at epoch", 1, 100_000, key=K + "epochs")
+            st.number_input("Weight seed", 0, 2**31 - 1, key=K + "seed")
+    values = {name: s[K + name] for name in SCHEMA if name != "hidden"}
+    values["hidden"] = tuple(int(s[f"{K}w{i}"]) for i in range(s[K + "layers"]))
+    values["features"] = tuple(f for f in FEATURES if f in s[K + "features"])
+    values["hide"] = tuple(s[K + "hide"])
+    if upload is not None:
+        values["points"] = len(upload.x)
+    return values, upload, upload_sha
+
+
+def _sidebar(values: dict) -> None:
+    with st.sidebar:
+        st.markdown("**Share and present**")
+        st.toggle("Lecture mode", key=K + "lecture", help="Hide the control groups chosen below.")
+        st.multiselect("Hide in lecture mode", GROUPS, key=K + "hide")
+        if st.button("Copy link", key=K + "btn_link"):
+            query = urlencode(encode_params(SCHEMA, values))
+            base = (st.context.url or "").split("?")[0]
+            st.code(f"{base}?{query}" if query else base, language=None)
+            st.caption("The link reopens this page with these settings (the copy icon is at the right).")
+
+
+def _draw_snapshot(snap: Snapshot, run: PlaygroundRun, show_test: bool, discrete: bool, ph: dict,
+                   full: bool) -> None:
+    """Draw one frame: counters and the boundary always; curves, neurons and weights when `full`."""
+    acc = snap.last("test_acc")
+    line = (f"**Epoch {snap.epoch:,}** · step {snap.steps:,} · lr {snap.lr:g} · "
+            f"train loss {snap.last('train_loss') or 0:.3f} · test loss {snap.last('test_loss') or 0:.3f}")
+    if acc is not None:
+        line += f" · test accuracy {acc:.1%}"
+    ph["stats"].markdown(line + f" · *{snap.status}*")
+    split = run.split
+    png = boundary_png(snap.field, task=split.task, extent=DOMAIN, discretize=discrete,
+                       train=(split.raw_train, split.y_train.cpu().numpy()),
+                       test=(split.raw_test, split.y_test.cpu().numpy()) if show_test else None)
+    ph["boundary"].image(png, caption="Output of the network over the input plane; points: train (white rim), "
+                         "test (black rim)", width=360)
+    if not full:
+        return
+    h = snap.history
+    ph["curves"].image(curves_png({"train loss": (h["epoch"], h["train_loss"]),
+                                   "test loss": (h["epoch"], h["test_loss"])}), width=420)
+    if snap.neurons:
+        ph["neurons"].image(tiles_png(snap.neurons), caption="What each hidden neuron computes over the plane "
+                            "(columns: layers; up to 12 neurons each)")
+    ph["weights"].image(matrix_png(snap.weights), caption="Weight matrices, input to output "
+                        "(blue positive, orange negative)")
+
+
+def page() -> None:
+    st.title("Decision boundaries")
+    st.caption("Train a small network on a 2D data set and watch its decision boundary form, epoch by epoch.")
+    if K + "init" not in st.session_state:
+        st.session_state[K + "init"] = True
+        _init_from_url()
+    _keep_widget_state()
+    if err := st.session_state.pop(K + "link_error", None):
+        st.error(err)
+    s = st.session_state
+    hide = set(s[K + "hide"]) if s[K + "lecture"] else set()
+    bar = st.container()
+    values, upload, upload_sha = _controls(hide)
+    cfg = config_or_stop(lambda: _settings_to_config(values, upload, upload_sha))
+    link = encode_params(SCHEMA, values)
+    if link != st.query_params.to_dict():
+        st.query_params.from_dict(link)
+    _sidebar(values)
+
+    run: PlaygroundRun | None = s.get(K + "run")
+    job = get_job("playground")
+    run_key = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1.0))  # lr changes live
+    if run is None or s.get(K + "run_key") != run_key or job is None or s.pop(K + "reset", False):
+        run = PlaygroundRun(cfg, upload, use_cache=not s.pop(K + "no_cache", False))
+        s[K + "run"], s[K + "run_key"] = run, run_key
+        job = start_job("playground", run.job, name="playground", start_paused=True)
+    elif cfg.train.lr != run.trainer.lr:
+        run.set_lr(cfg.train.lr)
+    run.set_speed(float(s[K + "speed"]))
+
+    with bar:
+        b = st.columns([1, 1, 1, 1.4, 2.2])
+        active = not job.pause_requested and not job.is_final
+        if active:
+            b[0].button("⏸ Pause", key=K + "btn_pause", on_click=job.pause, use_container_width=True)
+        else:
+            b[0].button("▶ Play", key=K + "btn_play", on_click=job.resume, use_container_width=True,
+                        disabled=run.finished, type="primary")
+        b[1].button("Step", key=K + "btn_step", on_click=lambda: (s.update({K + "await": job.version}), job.step()),
+                    disabled=run.finished or active,
+                    use_container_width=True, help="Train one epoch.")
+        b[2].button("Reset", key=K + "btn_reset", use_container_width=True,
+                    on_click=lambda: s.update({K + "reset": True, K + "no_cache": True}),
+                    help="Back to the same initial weights, so a rerun is comparable.")
+        b[3].button("Re-initialise", key=K + "btn_reinit", on_click=_reinit, use_container_width=True,
+                    help="New random initial weights (a new weight seed).")
+        b[4].select_slider("Speed", list(SPEEDS), key=K + "speed", label_visibility="collapsed",
+                           format_func=lambda v: "max speed" if v == 0 else f"{v} epochs/s",
+                           help="Pace of training, so a lecture hall can follow; results do not depend on it.")
+    if "views" not in hide:
+        v = st.columns(4)
+        v[0].toggle("Show test points", key=K + "test")
+        v[1].toggle("Discretize output", key=K + "discrete")
+    if run.from_cache:
+        meta = run.cache_meta
+        st.info(f"Finished run loaded from the cache (computed {meta.get('created', '?')} on "
+                f"{meta.get('device', '?')}, code {meta.get('code_version', '?')}). Press Reset to watch it train.")
+    _live(job, run, bool(s[K + "test"]), bool(s[K + "discrete"]))
+
+
+def _live(job, run: PlaygroundRun, show_test: bool, discrete: bool) -> None:
+    """Poll the job every second; while it runs, push frames for most of that second (about 25 per second)."""
+
+    @st.fragment(run_every=1.0 if not job.is_final else None)
+    def panel() -> None:
+        job.touch()
+        ph = {"stats": st.empty()}
+        left, right = st.columns([1, 1.2])
+        with left:
+            ph["boundary"] = st.empty()
+        with right:
+            ph["curves"] = st.empty()
+        with st.expander("Neurons and weights", expanded=True):
+            n1, n2 = st.columns([1, 1])
+            ph["neurons"], ph["weights"] = n1.empty(), n2.empty()
+        ph["message"] = st.empty()
+        deadline = time.monotonic() + 0.9
+        seen, last_full = -1, 0.0
+        awaited = st.session_state.pop(K + "await", None)  # after Step: wait for the stepped epoch
+        while True:
+            snap = job.snapshot
+            if snap is not None and job.version != seen:
+                seen = job.version
+                now = time.monotonic()
+                full = now - last_full > 0.25 or job.state is not JobState.RUNNING
+                _draw_snapshot(snap, run, show_test, discrete, ph, full)
+                last_full = now if full else last_full
+                if snap.status == "diverged":
+                    ph["message"].error(snap.message)
+            running = job.state in (JobState.RUNNING, JobState.QUEUED)
+            idle = not running and snap is not None and job.version == seen and job.version != awaited
+            if time.monotonic() > deadline or idle:
+                break
+            time.sleep(0.03)
+        if job.state is JobState.FAILED:
+            st.error(f"The run failed: {job.error}")
+
+    panel()
+
+
+page()

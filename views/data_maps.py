@@ -1,0 +1,355 @@
+"""Data: class balance, galleries and 2D maps (t-SNE, UMAP, PCA) of real image data sets."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explorer.core.cache import Cache
+from explorer.core.config import check_choice
+from explorer.core.jobs import Job, JobState
+from explorer.core.urlstate import Param
+from explorer.data import datasets as D
+from explorer.labs.data_maps import embed as E
+from explorer.labs.data_maps import feature_models as FM
+from explorer.labs.data_maps.imbalance import RecallConfig, recall_experiment
+from explorer.nets.small import ARCHS
+from explorer.render import gallery as G
+from views.widgets import config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
+
+K = "data_"  # widget-key prefix
+FOLDER = "folder"  # the menu entry for the user's own image folder
+SCHEMA = {"dataset": Param(str, "fashion_mnist"), "method": Param(str, "tsne"), "points": Param(int, 2000),
+          "folder": Param(str, ""), "features": Param(str, "pixels")}
+MAX_THUMBS = 3000  # points of a map that carry a hover thumbnail...
+MAX_THUMB_BYTES = 6_000_000  # ...within this page payload (about 1,600 CIFAR or 3,000 Fashion-MNIST images)
+MAX_SELECTED = 120  # images shown for a selected region
+MAX_GALLERY_CLASSES = 20
+MAX_LIVE_POINTS = 2500  # points drawn while a map optimises (the finished map shows all)
+
+
+def _init_from_url() -> None:
+    """First run of a session: settings from the URL, checked on the server; refused ones get a message."""
+    if K + "dataset" in st.session_state:
+        return
+    def validate(v: dict) -> None:
+        check_choice("dataset", v["dataset"], [*D.NAMES, FOLDER])
+        E.MapConfig(method=v["method"], n_points=v["points"], features=v["features"])
+
+    values = settings_from_url(SCHEMA, K, validate)
+    st.session_state[K + "dataset"] = values["dataset"]
+    st.session_state[K + "folder"] = values["folder"]
+    st.session_state[K + "method"] = values["method"]
+    st.session_state[K + "points"] = values["points"]
+    st.session_state[K + "features"] = values["features"]
+
+
+def _load(name: str) -> tuple[D.ArrayDataset, D.ArrayDataset]:
+    """Train and test splits, or the embedded digits with a warning saying how to get the wanted set."""
+    with st.spinner(f"Loading {D.title(name)} (decoded once, then cached)..."):
+        train, msg = D.load_or_fallback(name, "train")
+        test, msg_test = D.load_or_fallback(name, "test") if msg is None else D.load_or_fallback(D.FALLBACK, "test")
+    if msg or msg_test:
+        st.warning(msg or msg_test)
+        if msg_test and not msg:
+            train = D.load(D.FALLBACK, "train")
+    return train, test
+
+
+def _balance(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
+    """Per-class counts for train and test, imbalance ratios, and the imbalanced-subset experiment."""
+    st.subheader("Class balance")
+    c_train, c_test = D.class_counts(train), D.class_counts(test)
+    cols = st.columns(4)
+    cols[0].metric("Train examples", f"{len(train):,}")
+    cols[1].metric("Test examples", f"{len(test):,}")
+    cols[2].metric("Imbalance (train)", f"{D.imbalance_ratio(c_train):.2f}x", help="largest class / smallest class")
+    cols[3].metric("Imbalance (test)", f"{D.imbalance_ratio(c_test):.2f}x")
+    n = train.num_classes
+    df = pd.DataFrame({"class": list(train.classes) * 2, "split": ["train"] * n + ["test"] * n,
+                       "count": c_train + c_test})
+    st.altair_chart(alt.Chart(df).mark_bar().encode(
+        x=alt.X("class:N", sort=list(train.classes), title=None), xOffset="split:N",
+        y=alt.Y("count:Q", title="examples"), color=alt.Color("split:N", sort=["train", "test"]),
+        tooltip=["class", "split", "count"]).properties(height=220), width="stretch")
+    with st.expander("What does an imbalanced training set do to a classifier?"):
+        _recall_ui(train)
+
+
+def _recall_ui(train: D.ArrayDataset) -> None:
+    """Train a softmax regression on a balanced and an imbalanced subset; compare per-class recall."""
+    c = st.columns(3)
+    per_class = c[0].number_input("Training examples per class", 10, 2000, 200, step=10, key=K + "rc_per_class")
+    minority_class = c[1].selectbox("Class made rare", range(train.num_classes),
+                                    format_func=lambda i: train.classes[i], key=K + "rc_class")
+    minority = c[2].number_input("Its training examples", 0, 2000, 5, key=K + "rc_minority")
+    cfg = config_or_stop(lambda: RecallConfig(dataset=train.name, per_class=int(per_class),
+                                              minority_class=int(minority_class), minority=int(minority)))
+    if st.button("Train both classifiers", key=K + "rc_run"):
+        start_job("data_recall", lambda ctx: {"config": cfg, **recall_experiment(cfg)}, name="class recall")
+    job = get_job("data_recall")
+    if job is not None:
+        poll_job(job, _draw_recall)
+
+
+def _draw_recall(job: Job) -> None:
+    """Per-class recall, balanced vs imbalanced training."""
+    if job.state is not JobState.DONE:
+        st.progress(job.progress, text=f"Training ({job.state.value})...")
+        return
+    res = job.result
+    cfg: RecallConfig = res["config"]
+    rows = [{"class": cls, "training": name, "recall": res[name]["recall"][i]}
+            for name in ("balanced", "imbalanced") for i, cls in enumerate(res["classes"])]
+    st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+        x=alt.X("class:N", sort=res["classes"], title=None), xOffset="training:N",
+        y=alt.Y("recall:Q", scale=alt.Scale(domain=[0, 1]), title="test recall"),
+        color="training:N", tooltip=["class", "training", alt.Tooltip("recall:Q", format=".3f")],
+    ).properties(height=220), width="stretch")
+    rare = res["classes"][cfg.minority_class]
+    i = cfg.minority_class
+    st.caption(f"Softmax regression on {cfg.dataset}, {cfg.per_class} training examples per class vs the same with "
+               f"'{rare}' cut to {cfg.minority}. Recall of '{rare}' on the test set: "
+               f"{res['balanced']['recall'][i]:.1%} balanced, {res['imbalanced']['recall'][i]:.1%} imbalanced.")
+
+
+def _gallery(train: D.ArrayDataset) -> None:
+    """N seeded samples of each class."""
+    st.subheader("Gallery")
+    c = st.columns([2, 1, 1])
+    n = c[0].slider("Samples per class", 1, 16, 8, key=K + "per_class")
+    seed = c[1].number_input("Seed", 0, 1_000_000, 0, key=K + "gallery_seed")
+    c[2].button("Reshuffle", key=K + "reshuffle",
+                on_click=lambda: st.session_state.update({K + "gallery_seed": int(seed) + 1}))
+    sub = D.subset(train, int(n), int(seed))
+    scale = max(1, 56 // max(train.input_shape[-1], 1)) if train.is_image else 2
+    shown = range(min(train.num_classes, MAX_GALLERY_CLASSES))
+    cols = st.columns(2)
+    for k, cls in enumerate(shown):
+        xs = sub.x[sub.y == cls]
+        if len(xs):
+            cols[k % 2].image(G.png(G.grid(xs, ncols=int(n), scale=scale)), caption=train.classes[cls])
+    if train.num_classes > MAX_GALLERY_CLASSES:
+        st.caption(f"Showing the first {MAX_GALLERY_CLASSES} of {train.num_classes} classes.")
+
+
+def _map_controls(train: D.ArrayDataset, test: D.ArrayDataset) -> E.MapConfig:
+    """Method and settings of the map; the config refuses out-of-range values."""
+    c = st.columns([2, 2, 1])
+    method = c[0].radio("Method", list(E.METHODS), format_func=E.METHODS.get, horizontal=True, key=K + "method")
+    hi = min(len(test), E.MAX_POINTS)
+    lo = min(100, hi)
+    st.session_state[K + "points"] = min(max(int(st.session_state.get(K + "points", 2000)), lo), hi)
+    points = c[1].slider("Points (seeded sample of the test set)", lo, hi, step=1, key=K + "points")
+    seed = c[2].number_input("Seed", 0, 1_000_000, 0, key=K + "map_seed")
+    s = st.columns(2)
+    settings = {}
+    if method == "tsne":
+        settings["perplexity"] = s[0].slider("Perplexity", 5.0, 100.0, 30.0, step=5.0, key=K + "perplexity")
+        settings["n_iter"] = s[1].select_slider("Most iterations after early exaggeration",
+                                                [250, 500, 1000, 2000], 500, key=K + "n_iter")
+    elif method == "umap":
+        settings["n_neighbors"] = s[0].slider("Neighbours", 2, 100, 15, key=K + "neighbors")
+        settings["min_dist"] = s[1].slider("Minimum distance", 0.0, 0.99, 0.1, step=0.01, key=K + "min_dist")
+    settings["features"] = _features_ui(train, test)
+    return config_or_stop(lambda: E.MapConfig(dataset=test.name, split="test", method=method,
+                                              n_points=int(points), seed=int(seed), **settings))
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _model_labels(cache_root: str, dataset: str, input_shape: tuple[int, ...]) -> dict[str, str]:
+    """Cached models usable as feature spaces for this data set: name -> menu label (listing reads every entry)."""
+    return {m.ref: m.label for m in FM.list_models(dataset, input_shape, Cache())}
+
+
+def _feature_labels(test: D.ArrayDataset) -> dict[str, str]:
+    """Every feature space this data set can be embedded in: raw inputs, then cached trained models."""
+    pixels = "Raw pixels" if test.is_image else "Raw input values"
+    raw = {name: pixels if name == "pixels" else name for name in E.FEATURES}
+    return {**raw, **_model_labels(str(Cache().root), test.name, test.input_shape)}
+
+
+def _features_ui(train: D.ArrayDataset, test: D.ArrayDataset) -> str:
+    """'Features embedded': raw pixels or a cached model's feature layer; and training a feature model now."""
+    if K + "features_pending" in st.session_state:  # a model just trained: select it
+        st.session_state[K + "features"] = st.session_state.pop(K + "features_pending")
+    labels = _feature_labels(test)
+    wanted = st.session_state.get(K + "features", "pixels")
+    if wanted not in labels:
+        try:
+            labels[wanted] = FM.resolve(wanted, test.name, test.input_shape).label  # listed since the last look
+        except FM.FeatureModelError as exc:
+            st.warning(f"{exc}. Showing raw pixels instead.")
+            st.session_state[K + "features"] = "pixels"
+    features = st.selectbox("Features embedded", list(labels), format_func=labels.get, key=K + "features",
+                            help="Raw pixels, or the penultimate layer of a model trained on this data set's "
+                                 "train split (the map is of the test set). t-SNE and UMAP first reduce either "
+                                 "to 50 dimensions by PCA.")
+    with st.expander("Train a feature model now"):
+        _train_features_ui(train)
+    return features
+
+
+def _train_features_ui(train: D.ArrayDataset) -> None:
+    """A small seeded classifier trained as a background job; once done it is selected above."""
+    c = st.columns(3)
+    arch = c[0].radio("Network", list(ARCHS), list(ARCHS).index(FM.default_arch(train)),
+                      format_func=lambda a: ARCHS[a].label, key=K + "fm_arch")
+    epochs = c[1].slider("Epochs", 1, 30, 10, key=K + "fm_epochs")
+    hi = min(len(train), FM.MAX_TRAIN)
+    n_train = c[2].number_input("Training examples", min(100, hi), hi, min(10_000, hi), step=100, key=K + "fm_n")
+    cfg = config_or_stop(lambda: FM.default_net_config(train, arch, int(epochs), int(n_train)))
+    if FM.cached_feature_net(cfg) is not None:
+        st.caption("A model with these settings is trained: choose it under 'Features embedded'.")
+    elif st.button("Train", key=K + "fm_train"):
+        start_job("data_features", FM.feature_net_job(cfg), name=f"feature net {cfg.dataset}")
+    job = get_job("data_features")
+    if job is not None:
+        poll_job(job, _draw_training)
+
+
+def _draw_training(job: Job) -> None:
+    """Training progress; when done, the new model becomes the selected feature space (once)."""
+    if job.state is JobState.DONE:
+        model: FM.FeatureModel = job.result
+        if st.session_state.get(K + "features_job_seen") != job.id:
+            st.session_state[K + "features_job_seen"] = job.id
+            st.session_state[K + "features_pending"] = model.ref
+            _model_labels.clear()
+            st.rerun(scope="app")
+    elif job.state is JobState.CANCELLED:
+        st.info("Training stopped.")
+    elif not job.is_final:
+        st.progress(job.progress, text=job.message or job.state.value)
+
+
+def _scatter(df: pd.DataFrame, classes: tuple[str, ...], tooltip: list) -> alt.Chart:
+    """Points coloured by class."""
+    return alt.Chart(df).mark_circle(size=14, opacity=0.75).encode(
+        x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None),
+        color=alt.Color("class:N", sort=list(classes), legend=alt.Legend(title=None),
+                        scale=alt.Scale(scheme="tableau10" if len(classes) <= 10 else "tableau20")),
+        tooltip=tooltip,
+    ).properties(height=520)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _thumbnails(dataset: str, split: str, n_points: int, seed: int) -> dict[int, str]:
+    """Data-URI thumbnails for a seeded sample of a map's points, within MAX_THUMBS and MAX_THUMB_BYTES."""
+    test = D.load(dataset, split)
+    index = E.point_index(len(test), n_points, seed).numpy()
+    pick = np.random.default_rng(seed).choice(len(index), min(len(index), MAX_THUMBS), replace=False)
+    thumbs, size = {}, 0
+    for i in pick:
+        if size > MAX_THUMB_BYTES:
+            break
+        thumbs[int(index[i])] = uri = G.data_uri(test.x[int(index[i])])
+        size += len(uri)
+    return thumbs
+
+
+def _draw_map(result: E.MapResult, test: D.ArrayDataset) -> None:
+    """The finished map: hover thumbnails, region selection, quality figures, CSV, provenance."""
+    c = result.config
+    thumbs = _thumbnails(c.dataset, c.split, c.n_points, c.seed)
+    df = pd.DataFrame({"x": result.coords[:, 0], "y": result.coords[:, 1], "index": result.index,
+                       "class": [result.classes[i] for i in result.labels],
+                       "image": [thumbs.get(int(i), "") for i in result.index]})
+    brush = alt.selection_interval(name="region", encodings=["x", "y"])
+    chart = _scatter(df, result.classes, ["class", "index", "image"]).add_params(brush)
+    event = st.altair_chart(chart, on_select="rerun", key=K + "map_chart", width="stretch")
+    m = result.metrics
+    figures = [f"{m['n_points']:,} points", f"trustworthiness {m['trustworthiness']:.3f} (10 neighbours)"]
+    if FM.is_model_ref(c.features):
+        figures.insert(0, f"features of {_feature_labels(test).get(c.features, c.features)}")
+    ev = m["explained_variance"]
+    if result.config.method == "pca":
+        figures.append(f"PC1 explains {ev[0]:.1%}, PC2 {ev[1]:.1%} of the variance")
+    else:
+        figures.append(f"PCA to {len(ev)} dimensions first keeps {sum(ev):.1%} of the variance")
+    if "kl_divergence" in m:
+        figures.append(f"{m['iterations']} iterations, KL {m['kl_divergence']:.3f}"
+                       + (", stopped: converged" if m.get("converged") else ""))
+    st.caption(" · ".join(figures) + f". Thumbnails on hover for {len(thumbs):,} points.")
+    features = f" --features {c.features}" if c.features != "pixels" else ""
+    show_provenance(result.entry, recompute=f"python -m explorer map --dataset {c.dataset} --method {c.method} "
+                                            f"--points {c.n_points}{features}")
+    st.download_button("Download coordinates (CSV)", E.coords_csv(result),
+                       file_name=f"{result.config.dataset}-{result.config.method}-map.csv", mime="text/csv",
+                       key=K + "csv")
+    region = (event.selection.get("region") if event and event.selection else None) or {}
+    if "x" in region and "y" in region:
+        (x0, x1), (y0, y1) = sorted(region["x"]), sorted(region["y"])
+        inside = df[(df.x >= x0) & (df.x <= x1) & (df.y >= y0) & (df.y <= y1)]
+        counts = inside["class"].value_counts()
+        st.markdown(f"**{len(inside):,} points selected:** "
+                    + ", ".join(f"{cls} {n}" for cls, n in counts.items()))
+        if len(inside):
+            idx = inside["index"].to_numpy()[:MAX_SELECTED]
+            scale = max(1, 40 // max(test.input_shape[-1], 1)) if test.is_image else 2
+            st.image(G.png(G.grid(test.x[idx], ncols=20 if test.is_image else 6, scale=scale)),
+                     caption=f"first {len(idx)} selected" if len(inside) > len(idx) else None)
+
+
+def _draw_progress(job: Job, cfg: E.MapConfig, labels: np.ndarray, classes: tuple[str, ...]) -> None:
+    """Progress with ETA and the embedding as it forms; reruns the page once the map is cached."""
+    if job.state is JobState.DONE:
+        if E.cached_map(cfg) is not None:
+            st.rerun(scope="app")
+        st.error("The map finished but could not be read back from the cache; press Compute again.")
+        return
+    if job.state is JobState.CANCELLED:
+        st.info("Stopped. Press Compute to start again.")
+        return
+    st.progress(job.progress, text=job.message or job.state.value)
+    coords = job.snapshot
+    if coords is not None and len(coords) == len(labels):
+        keep = np.random.default_rng(0).permutation(len(labels))[:MAX_LIVE_POINTS]  # a light live chart
+        df = pd.DataFrame({"x": coords[keep, 0], "y": coords[keep, 1], "class": [classes[i] for i in labels[keep]]})
+        st.altair_chart(_scatter(df, classes, ["class"]), width="stretch")
+    if not job.is_final and st.button("Stop", key=K + "stop"):
+        job.cancel()
+
+
+def _maps(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
+    """Compute (as a job) or show the cached 2D map of the test set."""
+    st.subheader("Map of the test set")
+    cfg = _map_controls(train, test)
+    result = E.cached_map(cfg)
+    if result is not None:
+        _draw_map(result, test)
+        return
+    if st.button("Compute", key=K + "compute", type="primary"):
+        if FM.is_model_ref(cfg.features):  # the menu may be up to a minute old: check the model is still here
+            config_or_stop(lambda: FM.resolve(cfg.features, test.name, test.input_shape))
+        start_job("data_map", E.map_job(cfg), name=f"map {cfg.dataset} {cfg.method}")
+        st.session_state[K + "job_cfg"] = cfg
+    job = get_job("data_map")
+    if job is None or st.session_state.get(K + "job_cfg") != cfg:
+        st.info("Press Compute to embed these points; every map is cached by its settings.")
+        return
+    labels = test.y[E.point_index(len(test), cfg.n_points, cfg.seed)].numpy()
+    poll_job(job, lambda j: _draw_progress(j, cfg, labels, test.classes), every=1.0)
+
+
+st.title("Data")
+st.caption("How many images each class has, what they look like, and how the classes sit in a 2D map.")
+_init_from_url()
+if K + "link_error" in st.session_state:
+    st.error(st.session_state.pop(K + "link_error"))
+choice = st.selectbox("Data set", [*D.NAMES, FOLDER], key=K + "dataset",
+                      format_func=lambda n: "Your image folder" if n == FOLDER else D.title(n))
+name = choice
+if choice == FOLDER:
+    path = st.text_input("Folder (<root>/<train|test>/<class>/<images>, or <root>/<class>/<images>)",
+                         key=K + "folder")
+    if not path.strip():
+        st.info("Type the path of an image folder on the machine running the app.")
+        st.stop()
+    name = f"{D.FOLDER_PREFIX}{path.strip()}"
+train_set, test_set = _load(name)
+_balance(train_set, test_set)
+_gallery(train_set)
+_maps(train_set, test_set)

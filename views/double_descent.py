@@ -1,0 +1,236 @@
+"""Double descent: test error against model width and against epochs, from cached or live sweeps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from explorer.core.cache import Cache
+from explorer.core.config import ConfigError
+from explorer.labs.double_descent.random_features import KINDS, RFConfig, cached_run, features_around
+from explorer.labs.double_descent.results import (describe, interpolation_threshold, list_sweeps, recompute_command,
+                                                  sweep_frame)
+from explorer.labs.double_descent.run import run_sweep
+from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, live_spec
+from views.widgets import config_or_stop, get_job, poll_job, show_provenance, split_dash, start_job
+
+K = "dd_"  # widget-key prefix
+METRIC_LABELS = {"test_err": "test error (clean labels)", "test_err_noisy": "test error (noisy labels)",
+                 "test_loss": "test loss (clean labels)", "train_err": "train error", "train_loss": "train loss"}
+# Presets of the live sweep: widths, label noise (%), epochs. "The peak" shows model-wise double descent with one
+# seed (test error 0.48 at width 16, 0.56 at 40, 0.49 at 200): 58 s alone on one core, 91 s from the page with the
+# server and the browser on the same 2-core machine.
+LIVE_PRESETS = {"quick look (seconds)": ((4, 16, 64), 15, 30),
+                "the peak (500 epochs, 1-2 minutes)": ((4, 8, 16, 25, 32, 40, 50, 64, 100, 200), 15, 500)}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _frame(key: str) -> pd.DataFrame:
+    """The long table of a sweep summary (cached per entry key)."""
+    return sweep_frame(_entries()[key])
+
+
+def _entries() -> dict:
+    """Summary entries by key, newest first."""
+    return {e.key: e for e in list_sweeps(Cache())}
+
+
+def _pick_sweep(entries: dict) -> str | None:
+    """The sweep chosen in the selector; ?sweep=<key prefix> preselects one, a bad one gets a message."""
+    keys = list(entries)
+    wanted = st.query_params.get("sweep")
+    if wanted and K + "sweep" not in st.session_state:
+        match = [k for k in keys if k.startswith(str(wanted))]
+        if match:
+            st.session_state[K + "sweep"] = match[0]
+        else:
+            st.warning(f"No sweep matches `sweep={wanted}` from the link; showing the newest one instead.")
+    if not keys:
+        return None
+    return st.selectbox("Sweep", keys, format_func=lambda k: describe(entries[k]), key=K + "sweep")
+
+
+def _model_wise(df: pd.DataFrame, metric: str, x_axis: str, epoch: int, closed_form: bool) -> alt.Chart:
+    """Error vs width per noise level: seed mean as a line, seed min-max as a band, threshold rules."""
+    at = df[df["epoch"] == epoch]
+    rows = []
+    for col, split in ((metric, "test"), ("train_err" if "err" in metric else "train_loss", "train")):
+        g = at.groupby(["noise", x_axis])[col].agg(["mean", "min", "max"]).reset_index()
+        g["split"] = split
+        rows.append(g)
+    data = pd.concat(rows)
+    data["label noise"] = (100 * data["noise"]).round(1).astype(str) + "%"
+    lo, hi = float(data[x_axis].min()), float(data[x_axis].max())
+    x = alt.X(f"{x_axis}:Q", scale=alt.Scale(type="log", domain=[lo, hi], nice=False),  # the grid, not 1..1000
+              title="width" if x_axis == "width" else "parameters")
+    hues = alt.Scale(scheme="tableau10")  # distinct hues, not shades
+    color = alt.Color("label noise:N", scale=hues,
+                      legend=alt.Legend(symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3))
+    band = alt.Chart(data).mark_area(opacity=0.2).encode(x=x, y="min:Q", y2="max:Q", color=color,
+                                                          detail="split:N")
+    y = alt.Y("mean:Q", title=f"{METRIC_LABELS.get(metric, metric)} / train")
+    line = alt.Chart(data).mark_line().encode(  # points are their own layer, so the legend shows the dashes
+        x=x, y=y, color=color, strokeDash=split_dash("test", "train", "set"))
+    points = alt.Chart(data).mark_point(filled=True, size=30).encode(
+        x=x, y=y, color=alt.Color("label noise:N", scale=hues, legend=None),
+        tooltip=["label noise", x_axis, "split", alt.Tooltip("mean:Q", format=".3f")])
+    marks = [band, line, points]
+    fit_test = ("train_loss", 1e-6) if closed_form else ("train_err", 0.0)  # squared error fits exactly only at p >= n
+    thresholds = [{"label noise": f"{round(100 * p, 1)}%", "x": t} for p in sorted(df["noise"].unique())
+                  if (t := interpolation_threshold(df, p, epoch, x_axis, *fit_test)) is not None]
+    if thresholds:
+        marks.append(alt.Chart(pd.DataFrame(thresholds)).mark_rule(strokeDash=[2, 2]).encode(
+            x="x:Q", color=color, tooltip=[alt.Tooltip("x:Q", title="train error first 0 at")]))
+    return alt.layer(*marks).properties(height=380)
+
+
+def _epoch_wise(df: pd.DataFrame, metric: str, noise: float, widths: list[int]) -> tuple[alt.Chart, alt.Chart]:
+    """A width x epoch heatmap and curves vs epoch for chosen widths (seed mean)."""
+    sel = df[df["noise"] == noise].groupby(["width", "epoch"])[metric].mean().reset_index()
+    heat = alt.Chart(sel).mark_rect().encode(
+        x=alt.X("epoch:O", axis=alt.Axis(values=sorted(sel["epoch"].unique())[::max(1, sel["epoch"].nunique() // 10)])),
+        y=alt.Y("width:O", sort="descending"), color=alt.Color(f"{metric}:Q", scale=alt.Scale(scheme="viridis"),
+                                                              title=METRIC_LABELS.get(metric, metric)),
+        tooltip=["width", "epoch", alt.Tooltip(f"{metric}:Q", format=".3f")]).properties(height=320)
+    curves = alt.Chart(sel[sel["width"].isin(widths)]).mark_line().encode(
+        x=alt.X("epoch:Q", scale=alt.Scale(type="log", nice=False,
+                                           domain=[int(sel["epoch"].min()), int(sel["epoch"].max())])),
+        y=alt.Y(f"{metric}:Q", title=METRIC_LABELS.get(metric, metric)),
+        color="width:N").properties(height=320)
+    return heat, curves
+
+
+def sweep_view() -> None:
+    """Pick a sweep, then its model-wise and epoch-wise views."""
+    entries = _entries()
+    key = _pick_sweep(entries)
+    if key is None:
+        st.info("No sweep in the cache yet. Compute a small one below, or run "
+                "`python -m explorer sweep sweeps/mnist1d_mlp.toml`.")
+        return
+    entry = entries[key]
+    show_provenance(entry, recompute=recompute_command(entry), compute_s=entry.metrics.get("points_wall_time_s"))
+    df = _frame(key)
+    epochs = sorted(df["epoch"].unique())
+    noises, widths = sorted(df["noise"].unique()), sorted(df["width"].unique())
+    if st.session_state.get(K + "shown") != key:
+        # Another sweep: its epochs, noise levels and widths differ. Set the widgets' values (popping them is not
+        # enough: the browser would send back its old value where it is still a valid choice).
+        st.session_state[K + "epoch"] = epochs[-1]
+        st.session_state[K + "ew_noise"] = noises[-1]
+        st.session_state[K + "ew_widths"] = sorted({widths[len(widths) // 3], widths[len(widths) // 2], widths[-1]})
+        st.session_state[K + "shown"] = key
+    c1, c2, c3 = st.columns(3)
+    metric = c1.selectbox("Metric", list(METRIC_LABELS), format_func=METRIC_LABELS.get, key=K + "metric")
+    x_axis = c2.radio("x axis", ["width", "params"], horizontal=True, key=K + "xaxis")
+    epoch = c3.select_slider("At epoch", epochs, key=K + "epoch") if len(epochs) > 1 else epochs[0]
+    st.subheader("Model-wise: error against model size")
+    closed_form = entry.config["family"].startswith("rf_")
+    st.altair_chart(_model_wise(df, metric, x_axis, int(epoch), closed_form), width="stretch")
+    st.caption("Solid: the chosen test metric; dashed: the same on the (noisy) training labels. Line: mean over "
+               "seeds; band: min to max over seeds. Dotted rule: the interpolation threshold, the smallest model "
+               "whose training " + ("squared error" if closed_form else "error") + " reaches 0.")
+    if closed_form:
+        st.caption("Random features: losses are squared errors of the one-hot targets; params = features x classes.")
+    if len(epochs) > 1:
+        st.subheader("Epoch-wise: error against training time")
+        e1, e2 = st.columns(2)
+        noise = e1.selectbox("Label noise", noises, format_func=lambda p: f"{100 * p:g}%", key=K + "ew_noise")
+        chosen = e2.multiselect("Widths", widths, key=K + "ew_widths")
+        heat, curves = _epoch_wise(df, metric, noise, chosen)
+        h1, h2 = st.columns(2)
+        h1.altair_chart(heat, width="stretch")
+        h2.altair_chart(curves, width="stretch")
+
+
+def live_sweep() -> None:
+    """A small MNIST-1D MLP sweep computed now, as a background job that resumes from the cache."""
+    def use_preset() -> None:
+        widths, noise, epochs = LIVE_PRESETS[st.session_state[K + "live_preset"]]
+        st.session_state.update({K + "live_widths": list(widths), K + "live_noise": noise, K + "live_epochs": epochs})
+
+    st.radio("Preset", list(LIVE_PRESETS), key=K + "live_preset", horizontal=True, on_change=use_preset,
+             help="The MNIST-1D MLP of sweep 1 with one seed; the peak at the interpolation threshold needs "
+                  "long training.")
+    if K + "live_widths" not in st.session_state:  # the first preset; widgets then take their values from here
+        use_preset()
+    with st.form(K + "live_form"):
+        c1, c2, c3 = st.columns(3)
+        widths = c1.multiselect("Widths", LIVE_WIDTHS, key=K + "live_widths")
+        noise = c2.slider("Label noise (%)", 0, 50, key=K + "live_noise")
+        epochs = c3.slider("Epochs", 5, LIVE_MAX_EPOCHS, key=K + "live_epochs")
+        go = st.form_submit_button("Compute", key=K + "live_go")
+    if go:
+        spec = config_or_stop(lambda: live_spec(widths, noise, epochs))
+
+        def job(ctx):
+            res = run_sweep(spec, checkpoint=ctx.checkpoint,
+                            on_progress=lambda frac, line: ctx.publish(progress=frac, message=line))
+            return res.entry.key
+
+        start_job("dd_live", job, name="double-descent sweep")
+    job = get_job("dd_live")
+    if job is not None:
+        def draw(j) -> None:
+            st.progress(j.progress, text=j.message or j.state.value)
+            if j.state.value == "done":
+                st.success("Done: it is the newest sweep in the list above.")
+                if st.button("Show it", key=K + "live_show", on_click=st.session_state.update,
+                             args=({K + "sweep": j.result},)):  # a callback: it runs before the selector exists
+                    st.rerun()  # this panel is a fragment: rerun the whole page so the selector above changes
+        poll_job(job, draw)
+
+
+def random_features() -> None:
+    """Random-features regression with the minimum-norm solution: the peak at p = n in seconds."""
+    st.write("Least squares on random features (Belkin et al. 2019): below p = n it fits as well as it can, "
+             "above it the minimum-norm interpolating solution is taken. The test error peaks at p = n.")
+    c1, c2, c3, c4 = st.columns(4)
+    dataset = c1.selectbox("Data", ["fashion_mnist", "digits", "mnist1d"], key=K + "rf_data")
+    n = c2.select_slider("Train points n", [100, 200, 300, 500, 800, 1000], value=300, key=K + "rf_n")
+    kind = c3.radio("Features", KINDS, horizontal=True, key=K + "rf_kind")
+    noise = c4.slider("Label noise (%)", 0, 50, 0, key=K + "rf_noise")
+    cfg = config_or_stop(lambda: RFConfig(dataset=dataset, train_size=n, test_size=1000, kind=kind,
+                                          features=features_around(n), noise=noise / 100))
+    slot = f"{K}rf_{hash(cfg)}"
+    if st.button("Compute", key=K + "rf_go") or st.session_state.get(K + "rf_last") == slot:
+        st.session_state[K + "rf_last"] = slot
+        job = get_job("dd_rf")
+        if job is None or job.name != slot:
+            job = start_job("dd_rf", lambda ctx: cached_run(cfg), name=slot)
+
+        def draw(j) -> None:
+            if j.state.value != "done":
+                st.info("Fitting one minimum-norm solution per feature count...")
+                return
+            fits, entry = j.result
+            df = pd.DataFrame([dataclasses.asdict(f) for f in fits])
+            long = df.melt(id_vars="features", value_vars=["test_mse", "train_mse"], var_name="set")
+            x = alt.X("features:Q", scale=alt.Scale(type="log"), title="number of random features p")
+            chart = alt.Chart(long).mark_line(point=True).encode(
+                x=x, y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="squared error"), color="set:N")
+            rule = alt.Chart(pd.DataFrame({"n": [n]})).mark_rule(strokeDash=[4, 4]).encode(x="n:Q")
+            st.altair_chart(chart + rule, width="stretch")
+            st.caption(f"Dashed rule: p = n = {n}. Test error (argmax) at p = n: "
+                       f"{df.set_index('features').loc[n, 'test_err']:.3f}.")
+            show_provenance(entry)
+
+        poll_job(job, draw)
+
+
+st.title("Double descent")
+st.write("Bigger models and longer training first overfit, then generalise better again: the test error "
+         "peaks where the model can just fit the (noisy) training labels.")
+tab_sweeps, tab_rf = st.tabs(["Width and epoch sweeps", "Random features (instant)"])
+with tab_sweeps:
+    try:
+        sweep_view()
+    except (ConfigError, KeyError) as exc:
+        st.error(f"This sweep cannot be shown: {exc}")
+    with st.expander("Compute a small sweep live"):
+        live_sweep()
+with tab_rf:
+    random_features()

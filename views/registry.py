@@ -1,0 +1,56 @@
+"""The app's labs: one slug per phenomenon, shared by the view file, the URL and the core package.
+
+`views/<slug>.py` is the page, `/<slug>` its URL, `explorer/labs/<slug>/` its training core. Tests check
+that all three exist for every entry. Because the views live in `views/` (not `pages/`), Streamlit never
+runs its old folder-based navigation, so a deep link opens the page directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class LabPage:
+    """A lab of the app and the one line that tells a student what they will see there."""
+
+    slug: str  # view file, URL path and explorer.labs package
+    title: str
+    icon: str  # a Material Symbols name: it comes with Streamlit, so it shows where no emoji font is installed
+    see: str
+
+    @property
+    def path(self) -> str:
+        """The view file, relative to the repository."""
+        return f"views/{self.slug}.py"
+
+    @property
+    def url(self) -> str:
+        """The URL path of the page."""
+        return self.slug
+
+    @property
+    def package(self) -> str:
+        """The lab's core package."""
+        return f"explorer.labs.{self.slug}"
+
+
+LABS = [
+    LabPage("boundaries", "Decision boundaries", ":material/scatter_plot:",
+            "A small network's decision boundary forming live on a 2D data set, neuron by neuron."),
+    LabPage("data_maps", "Data maps", ":material/photo_library:",
+            "Class balance, a gallery per class and a t-SNE/UMAP/PCA map of the test set: hover for images, "
+            "select a region, see why CIFAR-10 is harder than MNIST."),
+    LabPage("optimizer_race", "Optimizer race", ":material/sports_score:",
+            "SGD to RAdam racing from the same start over a loss surface, then training the same network on "
+            "real data with live curves and a final table."),
+    LabPage("memorisation", "Memorisation: random labels", ":material/shuffle:",
+            "The same network fitting true labels, random labels and noise side by side: 100% training accuracy "
+            "on random labels while test accuracy stays at chance."),
+    LabPage("double_descent", "Double descent", ":material/ssid_chart:",
+            "Test error against model width with label noise: the peak at the interpolation threshold, "
+            "epoch-wise double descent, and random features peaking at p = n in seconds."),
+]
