@@ -22,6 +22,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE, trustworthiness
 from threadpoolctl import threadpool_limits
 
+from explorer.core.cache import default_cache
 from explorer.core.device import describe_device
 from explorer.data import datasets as D
 from explorer.labs.data_maps import embed as E
@@ -39,7 +40,7 @@ def baseline(x: np.ndarray, seed: int) -> np.ndarray:
 def ours(cfg: E.MapConfig) -> np.ndarray:
     """explorer's t-SNE pipeline, without the result cache."""
     with threadpool_limits(THREADS):
-        return E.compute_map(cfg, use_cache=False).coords
+        return E.compute_map(cfg, default_cache(), use_cache=False).coords
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ import sys
 # command -> (module, function taking argv, one-line help); modules are imported only when used
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("explorer.core.info", "main", "show the device, data folder, cache folder and cached entries"),
-    "features": ("explorer.labs.data_maps.feature_models", "main", "list cached models usable as map feature spaces, or train one"),
+    "spaces": ("explorer.labs.data_maps.representations", "main",
+               "list the embedding spaces (trained models) a map of a data set can use, or train one"),
     "map": ("explorer.labs.data_maps.cli", "main", "compute a 2D map (t-SNE/UMAP/PCA) of a data set into the cache, optionally as CSV"),
     "memorise": ("explorer.labs.memorisation.lab", "main", "memorisation lab: corruption modes, p sweep, width sweep"),
     "sweep": ("explorer.labs.double_descent.run", "main", "run a double-descent sweep spec (TOML); resumes from the cache"),

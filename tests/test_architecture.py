@@ -78,3 +78,19 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     finally:
         f.unlink()
     assert "explorer.labs.memorisation.lab" in mods and "explorer.labs.boundaries.run" in mods
+
+
+def _cache_constructions(path: Path) -> list[int]:
+    """Lines where a file calls Cache(...) (by name or as module.Cache)."""
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and (getattr(node.func, "id", None) == "Cache"
+                                               or getattr(node.func, "attr", None) == "Cache")]
+
+
+def test_a_cache_is_built_only_in_explorer_core_cache() -> None:
+    """One place builds Cache objects (default_cache, shipped_cache); everything else is handed one."""
+    home = ROOT / "explorer" / "core" / "cache.py"
+    bad = [f"{p.relative_to(ROOT)}:{line}" for p in [*_files("explorer"), *_files("views"), ROOT / "app.py"]
+           if p != home for line in _cache_constructions(p)]
+    assert not bad, bad
+    assert _cache_constructions(home), "the checker should see cache.py's own constructions"

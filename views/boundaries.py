@@ -12,14 +12,15 @@ import streamlit as st
 from explorer.core.config import ConfigError
 from explorer.core.jobs import JobState
 from explorer.core.urlstate import Param, encode_params
-from explorer.data.toy2d import DOMAIN, FEATURES, GENERATORS, UPLOAD, parse_points_csv, task_of
+from explorer.data.toy2d import DOMAIN, GENERATORS, INPUT_FEATURES, UPLOAD, parse_points_csv, task_of
 from explorer.labs.boundaries.run import SPEEDS, PlaygroundRun, Snapshot, build_config
 from explorer.nets.mlp import ACTIVATIONS, MAX_LAYERS, MAX_WIDTH
 from explorer.render.png import boundary_png, curves_png, matrix_png, tiles_png
-from explorer.train.single_mlp import LOSSES, OPTIMIZERS
-from views.widgets import config_or_stop, get_job, settings_from_url, start_job
+from explorer.train.single_mlp import LOSSES, OPTIMIZER_KINDS
+from views.widgets import app_cache, config_or_stop, get_job, settings_from_url, start_job
 
 LRS = (0.00001, 0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+# URL names (in shared links): "features" is the input-features group and setting
 GROUPS = ("data", "features", "network", "training", "views")
 SCHEMA = {
     "dataset": Param(str, "spiral"), "noise": Param(int, 0), "ratio": Param(int, 50), "points": Param(int, 500),
@@ -35,7 +36,7 @@ K = "pg_"  # widget-key prefix
 
 def _settings_to_config(v: dict, upload=None, upload_sha: str = ""):
     return build_config(dataset=v["dataset"], noise=v["noise"], train_ratio=v["ratio"], n_points=v["points"],
-                        data_seed=v["dseed"], features=tuple(v["features"]), hidden=tuple(v["hidden"]),
+                        data_seed=v["dseed"], input_features=tuple(v["features"]), hidden=tuple(v["hidden"]),
                         activation=v["act"], batch_norm=v["bn"], dropout=v["dropout"], regularization=v["reg"],
                         reg_rate=v["rate"], loss=v["loss"], optimizer=v["opt"], lr=v["lr"], batch_size=v["batch"],
                         seed=v["seed"], epochs=v["epochs"], upload=upload, upload_sha=upload_sha)
@@ -92,7 +93,7 @@ def _controls(hide: set[str]) -> tuple[dict, object, str]:
                 st.stop()
             upload, upload_sha = config_or_stop(lambda: parse_points_csv(f.getvalue()))
         if "features" not in hide:
-            st.pills("Input features", list(FEATURES), selection_mode="multi", key=K + "features")
+            st.pills("Input features", list(INPUT_FEATURES), selection_mode="multi", key=K + "features")
     with c_net:
         if "network" not in hide:
             st.markdown("**Network**")
@@ -112,7 +113,7 @@ def _controls(hide: set[str]) -> tuple[dict, object, str]:
             lrs = sorted(set(LRS) | ({s[K + "extra_lr"]} if K + "extra_lr" in s else set()))
             st.select_slider("Learning rate", lrs, key=K + "lr", help="Changes take effect at once, mid-run.")
             a, b = st.columns(2)
-            a.selectbox("Optimizer", list(OPTIMIZERS), key=K + "opt")
+            a.selectbox("Optimizer", list(OPTIMIZER_KINDS), key=K + "opt")
             b.number_input("Batch size", 1, 100_000, key=K + "batch", help="Larger than the training set: full batch.")
             a.selectbox("Regularization", ["none", "L1", "L2"], key=K + "reg")
             b.select_slider("Rate", [0.0, 0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], key=K + "rate")
@@ -121,7 +122,7 @@ def _controls(hide: set[str]) -> tuple[dict, object, str]:
             st.number_input("Weight seed", 0, 2**31 - 1, key=K + "seed")
     values = {name: s[K + name] for name in SCHEMA if name != "hidden"}
     values["hidden"] = tuple(int(s[f"{K}w{i}"]) for i in range(s[K + "layers"]))
-    values["features"] = tuple(f for f in FEATURES if f in s[K + "features"])
+    values["features"] = tuple(f for f in INPUT_FEATURES if f in s[K + "features"])
     values["hide"] = tuple(s[K + "hide"])
     if upload is not None:
         values["points"] = len(upload.x)
@@ -190,7 +191,7 @@ def page() -> None:
     job = get_job("playground")
     run_key = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1.0))  # lr changes live
     if run is None or s.get(K + "run_key") != run_key or job is None or s.pop(K + "reset", False):
-        run = PlaygroundRun(cfg, upload, use_cache=not s.pop(K + "no_cache", False))
+        run = PlaygroundRun(cfg, upload, cache=app_cache(), use_cache=not s.pop(K + "no_cache", False))
         s[K + "run"], s[K + "run_key"] = run, run_key
         job = start_job("playground", run.job, name="playground", start_paused=True)
     elif cfg.train.lr != run.trainer.lr:

@@ -13,16 +13,16 @@ from explorer.core.jobs import Job, JobState
 from explorer.core.urlstate import Param
 from explorer.data import datasets as D
 from explorer.labs.data_maps import embed as E
-from explorer.labs.data_maps import feature_models as FM
-from explorer.labs.data_maps.imbalance import RecallConfig, recall_experiment
-from explorer.nets.small import ARCHS
+from explorer.labs.data_maps import representations as R
+from explorer.labs.data_maps.imbalance import ImbalanceConfig, compare_recall
+from explorer.nets.small import ARCHS, NetConfig, describe
 from explorer.render import gallery as G
-from views.widgets import config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
+from views.widgets import app_cache, config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
 
 K = "data_"  # widget-key prefix
 FOLDER = "folder"  # the menu entry for the user's own image folder
 SCHEMA = {"dataset": Param(str, "fashion_mnist"), "method": Param(str, "tsne"), "points": Param(int, 2000),
-          "folder": Param(str, ""), "features": Param(str, "pixels")}
+          "folder": Param(str, ""), "features": Param(str, "pixels")}  # features: the embedding space (shared links)
 MAX_THUMBS = 3000  # points of a map that carry a hover thumbnail...
 MAX_THUMB_BYTES = 6_000_000  # ...within this page payload (about 1,600 CIFAR or 3,000 Fashion-MNIST images)
 MAX_SELECTED = 120  # images shown for a selected region
@@ -36,14 +36,14 @@ def _init_from_url() -> None:
         return
     def validate(v: dict) -> None:
         check_choice("dataset", v["dataset"], [*D.NAMES, FOLDER])
-        E.MapConfig(method=v["method"], n_points=v["points"], features=v["features"])
+        E.MapConfig(method=v["method"], n_points=v["points"], space=v["features"])
 
     values = settings_from_url(SCHEMA, K, validate)
     st.session_state[K + "dataset"] = values["dataset"]
     st.session_state[K + "folder"] = values["folder"]
     st.session_state[K + "method"] = values["method"]
     st.session_state[K + "points"] = values["points"]
-    st.session_state[K + "features"] = values["features"]
+    st.session_state[K + "space"] = values["features"]
 
 
 def _load(name: str) -> tuple[D.ArrayDataset, D.ArrayDataset]:
@@ -85,10 +85,10 @@ def _recall_ui(train: D.ArrayDataset) -> None:
     minority_class = c[1].selectbox("Class made rare", range(train.num_classes),
                                     format_func=lambda i: train.classes[i], key=K + "rc_class")
     minority = c[2].number_input("Its training examples", 0, 2000, 5, key=K + "rc_minority")
-    cfg = config_or_stop(lambda: RecallConfig(dataset=train.name, per_class=int(per_class),
+    cfg = config_or_stop(lambda: ImbalanceConfig(dataset=train.name, per_class=int(per_class),
                                               minority_class=int(minority_class), minority=int(minority)))
     if st.button("Train both classifiers", key=K + "rc_run"):
-        start_job("data_recall", lambda ctx: {"config": cfg, **recall_experiment(cfg)}, name="class recall")
+        start_job("data_recall", lambda ctx: {"config": cfg, **compare_recall(cfg)}, name="class recall")
     job = get_job("data_recall")
     if job is not None:
         poll_job(job, _draw_recall)
@@ -100,7 +100,7 @@ def _draw_recall(job: Job) -> None:
         st.progress(job.progress, text=f"Training ({job.state.value})...")
         return
     res = job.result
-    cfg: RecallConfig = res["config"]
+    cfg: ImbalanceConfig = res["config"]
     rows = [{"class": cls, "training": name, "recall": res[name]["recall"][i]}
             for name in ("balanced", "imbalanced") for i, cls in enumerate(res["classes"])]
     st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
@@ -153,70 +153,76 @@ def _map_controls(train: D.ArrayDataset, test: D.ArrayDataset) -> E.MapConfig:
     elif method == "umap":
         settings["n_neighbors"] = s[0].slider("Neighbours", 2, 100, 15, key=K + "neighbors")
         settings["min_dist"] = s[1].slider("Minimum distance", 0.0, 0.99, 0.1, step=0.01, key=K + "min_dist")
-    settings["features"] = _features_ui(train, test)
+    settings["space"] = _space_ui(train, test)
     return config_or_stop(lambda: E.MapConfig(dataset=test.name, split="test", method=method,
                                               n_points=int(points), seed=int(seed), **settings))
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def _model_labels(cache_root: str, dataset: str, input_shape: tuple[int, ...]) -> dict[str, str]:
-    """Cached models usable as feature spaces for this data set: name -> menu label (listing reads every entry)."""
-    return {m.ref: m.label for m in FM.list_models(dataset, input_shape, Cache())}
+def _model_labels(cache_root: str, dataset: str, input_shape: tuple[int, ...], _cache: Cache) -> dict[str, str]:
+    """Cached models usable as embedding spaces for this data set: name -> menu label (listing reads every entry).
+
+    Memoised by the cache's root; `_cache` itself is not hashed (Streamlit skips arguments named with an underscore).
+    """
+    return {m.ref: m.label for m in R.list_models(dataset, input_shape, cache=_cache)}
 
 
-def _feature_labels(test: D.ArrayDataset) -> dict[str, str]:
-    """Every feature space this data set can be embedded in: raw inputs, then cached trained models."""
+def _space_labels(test: D.ArrayDataset) -> dict[str, str]:
+    """Every embedding space this data set can be mapped from: raw inputs, then cached trained models."""
     pixels = "Raw pixels" if test.is_image else "Raw input values"
-    raw = {name: pixels if name == "pixels" else name for name in E.FEATURES}
-    return {**raw, **_model_labels(str(Cache().root), test.name, test.input_shape)}
+    raw = {name: pixels if name == "pixels" else name for name in E.RAW_SPACES}
+    cache = app_cache()
+    return {**raw, **_model_labels(str(cache.root), test.name, test.input_shape, cache)}
 
 
-def _features_ui(train: D.ArrayDataset, test: D.ArrayDataset) -> str:
-    """'Features embedded': raw pixels or a cached model's feature layer; and training a feature model now."""
-    if K + "features_pending" in st.session_state:  # a model just trained: select it
-        st.session_state[K + "features"] = st.session_state.pop(K + "features_pending")
-    labels = _feature_labels(test)
-    wanted = st.session_state.get(K + "features", "pixels")
+def _space_ui(train: D.ArrayDataset, test: D.ArrayDataset) -> str:
+    """'Embedding space': raw pixels or a cached model's representations; and training a representation net now."""
+    if K + "space_pending" in st.session_state:  # a model just trained: select it
+        st.session_state[K + "space"] = st.session_state.pop(K + "space_pending")
+    labels = _space_labels(test)
+    wanted = st.session_state.get(K + "space", "pixels")
     if wanted not in labels:
         try:
-            labels[wanted] = FM.resolve(wanted, test.name, test.input_shape).label  # listed since the last look
-        except FM.FeatureModelError as exc:
+            # A model trained since the menu was listed.
+            labels[wanted] = R.resolve(wanted, test.name, test.input_shape, cache=app_cache()).label
+        except R.ModelSpaceError as exc:
             st.warning(f"{exc}. Showing raw pixels instead.")
-            st.session_state[K + "features"] = "pixels"
-    features = st.selectbox("Features embedded", list(labels), format_func=labels.get, key=K + "features",
-                            help="Raw pixels, or the penultimate layer of a model trained on this data set's "
-                                 "train split (the map is of the test set). t-SNE and UMAP first reduce either "
-                                 "to 50 dimensions by PCA.")
-    with st.expander("Train a feature model now"):
-        _train_features_ui(train)
-    return features
+            st.session_state[K + "space"] = "pixels"
+    space = st.selectbox("Embedding space", list(labels), format_func=labels.get, key=K + "space",
+                         help="Raw pixels, or the representations (penultimate layer) of a model trained on this "
+                              "data set's train split (the map is of the test set). t-SNE and UMAP first reduce "
+                              "either to 50 dimensions by PCA.")
+    with st.expander("Train a representation net now"):
+        _train_net_ui(train)
+    return space
 
 
-def _train_features_ui(train: D.ArrayDataset) -> None:
+def _train_net_ui(train: D.ArrayDataset) -> None:
     """A small seeded classifier trained as a background job; once done it is selected above."""
     c = st.columns(3)
-    arch = c[0].radio("Network", list(ARCHS), list(ARCHS).index(FM.default_arch(train)),
-                      format_func=lambda a: ARCHS[a].label, key=K + "fm_arch")
+    arch = c[0].radio("Network", list(ARCHS), list(ARCHS).index(R.default_arch(train)),
+                      format_func=lambda a: describe(NetConfig(arch=a)), key=K + "fm_arch")
     epochs = c[1].slider("Epochs", 1, 30, 10, key=K + "fm_epochs")
-    hi = min(len(train), FM.MAX_TRAIN)
+    hi = min(len(train), R.MAX_TRAIN)
     n_train = c[2].number_input("Training examples", min(100, hi), hi, min(10_000, hi), step=100, key=K + "fm_n")
-    cfg = config_or_stop(lambda: FM.default_net_config(train, arch, int(epochs), int(n_train)))
-    if FM.cached_feature_net(cfg) is not None:
-        st.caption("A model with these settings is trained: choose it under 'Features embedded'.")
+    cfg = config_or_stop(lambda: R.default_net_config(train, arch, int(epochs), int(n_train)))
+    cache = app_cache()
+    if R.cached_representation_net(cfg, cache) is not None:
+        st.caption("A model with these settings is trained: choose it under 'Embedding space'.")
     elif st.button("Train", key=K + "fm_train"):
-        start_job("data_features", FM.feature_net_job(cfg), name=f"feature net {cfg.dataset}")
-    job = get_job("data_features")
+        start_job("data_net", R.representation_net_job(cfg, cache), name=f"representation net {cfg.dataset}")
+    job = get_job("data_net")
     if job is not None:
         poll_job(job, _draw_training)
 
 
 def _draw_training(job: Job) -> None:
-    """Training progress; when done, the new model becomes the selected feature space (once)."""
+    """Training progress; when done, the new model becomes the selected embedding space (once)."""
     if job.state is JobState.DONE:
-        model: FM.FeatureModel = job.result
-        if st.session_state.get(K + "features_job_seen") != job.id:
-            st.session_state[K + "features_job_seen"] = job.id
-            st.session_state[K + "features_pending"] = model.ref
+        model: R.ModelSpace = job.result
+        if st.session_state.get(K + "net_job_seen") != job.id:
+            st.session_state[K + "net_job_seen"] = job.id
+            st.session_state[K + "space_pending"] = model.ref
             _model_labels.clear()
             st.rerun(scope="app")
     elif job.state is JobState.CANCELLED:
@@ -262,8 +268,8 @@ def _draw_map(result: E.MapResult, test: D.ArrayDataset) -> None:
     event = st.altair_chart(chart, on_select="rerun", key=K + "map_chart", width="stretch")
     m = result.metrics
     figures = [f"{m['n_points']:,} points", f"trustworthiness {m['trustworthiness']:.3f} (10 neighbours)"]
-    if FM.is_model_ref(c.features):
-        figures.insert(0, f"features of {_feature_labels(test).get(c.features, c.features)}")
+    if R.is_model_ref(c.space):
+        figures.insert(0, f"embedding space: {_space_labels(test).get(c.space, c.space)}")
     ev = m["explained_variance"]
     if result.config.method == "pca":
         figures.append(f"PC1 explains {ev[0]:.1%}, PC2 {ev[1]:.1%} of the variance")
@@ -273,9 +279,9 @@ def _draw_map(result: E.MapResult, test: D.ArrayDataset) -> None:
         figures.append(f"{m['iterations']} iterations, KL {m['kl_divergence']:.3f}"
                        + (", stopped: converged" if m.get("converged") else ""))
     st.caption(" · ".join(figures) + f". Thumbnails on hover for {len(thumbs):,} points.")
-    features = f" --features {c.features}" if c.features != "pixels" else ""
+    space = f" --space {c.space}" if c.space != "pixels" else ""
     show_provenance(result.entry, recompute=f"python -m explorer map --dataset {c.dataset} --method {c.method} "
-                                            f"--points {c.n_points}{features}")
+                                            f"--points {c.n_points}{space}")
     st.download_button("Download coordinates (CSV)", E.coords_csv(result),
                        file_name=f"{result.config.dataset}-{result.config.method}-map.csv", mime="text/csv",
                        key=K + "csv")
@@ -296,7 +302,7 @@ def _draw_map(result: E.MapResult, test: D.ArrayDataset) -> None:
 def _draw_progress(job: Job, cfg: E.MapConfig, labels: np.ndarray, classes: tuple[str, ...]) -> None:
     """Progress with ETA and the embedding as it forms; reruns the page once the map is cached."""
     if job.state is JobState.DONE:
-        if E.cached_map(cfg) is not None:
+        if E.cached_map(cfg, app_cache()) is not None:
             st.rerun(scope="app")
         st.error("The map finished but could not be read back from the cache; press Compute again.")
         return
@@ -317,14 +323,15 @@ def _maps(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
     """Compute (as a job) or show the cached 2D map of the test set."""
     st.subheader("Map of the test set")
     cfg = _map_controls(train, test)
-    result = E.cached_map(cfg)
+    cache = app_cache()
+    result = E.cached_map(cfg, cache)
     if result is not None:
         _draw_map(result, test)
         return
     if st.button("Compute", key=K + "compute", type="primary"):
-        if FM.is_model_ref(cfg.features):  # the menu may be up to a minute old: check the model is still here
-            config_or_stop(lambda: FM.resolve(cfg.features, test.name, test.input_shape))
-        start_job("data_map", E.map_job(cfg), name=f"map {cfg.dataset} {cfg.method}")
+        if R.is_model_ref(cfg.space):  # the menu may be up to a minute old: check the model is still here
+            config_or_stop(lambda: R.resolve(cfg.space, test.name, test.input_shape, cache=cache))
+        start_job("data_map", E.map_job(cfg, cache), name=f"map {cfg.dataset} {cfg.method}")
         st.session_state[K + "job_cfg"] = cfg
     job = get_job("data_map")
     if job is None or st.session_state.get(K + "job_cfg") != cfg:

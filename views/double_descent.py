@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer.core.cache import Cache
 from explorer.core.config import ConfigError
+from explorer.core.report import progress_line
 from explorer.labs.double_descent.random_features import KINDS, RFConfig, cached_run, features_around
 from explorer.labs.double_descent.results import (describe, interpolation_threshold, list_sweeps, recompute_command,
                                                   sweep_frame)
 from explorer.labs.double_descent.run import run_sweep
 from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, live_spec
-from views.widgets import config_or_stop, get_job, poll_job, show_provenance, split_dash, start_job
+from views.widgets import app_cache, config_or_stop, get_job, poll_job, show_provenance, split_dash, start_job
 
 K = "dd_"  # widget-key prefix
 METRIC_LABELS = {"test_err": "test error (clean labels)", "test_err_noisy": "test error (noisy labels)",
@@ -35,7 +36,7 @@ def _frame(key: str) -> pd.DataFrame:
 
 def _entries() -> dict:
     """Summary entries by key, newest first."""
-    return {e.key: e for e in list_sweeps(Cache())}
+    return {e.key: e for e in list_sweeps(app_cache())}
 
 
 def _pick_sweep(entries: dict) -> str | None:
@@ -165,17 +166,18 @@ def live_sweep() -> None:
         go = st.form_submit_button("Compute", key=K + "live_go")
     if go:
         spec = config_or_stop(lambda: live_spec(widths, noise, epochs))
+        cache = app_cache()
 
         def job(ctx):
-            res = run_sweep(spec, checkpoint=ctx.checkpoint,
-                            on_progress=lambda frac, line: ctx.publish(progress=frac, message=line))
-            return res.entry.key
+            return run_sweep(spec, cache=cache, report=ctx).entry.key
 
         start_job("dd_live", job, name="double-descent sweep")
     job = get_job("dd_live")
     if job is not None:
         def draw(j) -> None:
-            st.progress(j.progress, text=j.message or j.state.value)
+            # The terminal's bar as the text: elapsed time and ETA since the job got its compute slot.
+            elapsed = (j.finished or time.time()) - (j.started or time.time())
+            st.progress(j.progress, text=progress_line(j.progress, elapsed, j.message) if j.message else j.state.value)
             if j.state.value == "done":
                 st.success("Done: it is the newest sweep in the list above.")
                 if st.button("Show it", key=K + "live_show", on_click=st.session_state.update,
@@ -200,7 +202,8 @@ def random_features() -> None:
         st.session_state[K + "rf_last"] = slot
         job = get_job("dd_rf")
         if job is None or job.name != slot:
-            job = start_job("dd_rf", lambda ctx: cached_run(cfg), name=slot)
+            cache = app_cache()
+            job = start_job("dd_rf", lambda ctx: cached_run(cfg, cache), name=slot)
 
         def draw(j) -> None:
             if j.state.value != "done":

@@ -9,13 +9,15 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer.core.cache import Cache, Entry
+from explorer.core.cache import Entry
 from explorer.core.config import ConfigError, check_choice
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
-from explorer.data.noise import MODES, SCHEMES
+from explorer.data.noise import LABEL_SCHEMES, MODES
 from explorer.labs.memorisation import lab as mem
-from views.widgets import config_or_stop, get_job, poll_job, settings_from_url, show_provenance, split_dash, start_job
+from explorer.train.stacked import OPTIMIZER_KINDS
+from views.widgets import (app_cache, config_or_stop, get_job, poll_job, settings_from_url, show_provenance, split_dash,
+                           start_job)
 
 K = "mem_"  # widget-key prefix
 VIEWS = {"modes": "Corruption modes", "sweep-p": "Corruption fraction p", "sweep-width": "Width vs parameters"}
@@ -54,15 +56,15 @@ def lab_ui() -> mem.LabConfig:
     c1, c2, c3, c4, c5 = st.columns(5)
     depth = c1.number_input("Depth", value=mem.LabConfig.depth, step=1, key=K + "depth",
                             help="hidden layers or conv stages, 1-4")
-    optimizer = c2.selectbox("Optimizer", list(mem.OPTIMIZERS), key=K + "optimizer")
+    optimizer = c2.selectbox("Optimizer", list(OPTIMIZER_KINDS), key=K + "optimizer")
     lr = c3.number_input("Learning rate", value=mem.LabConfig.lr, format="%.5g", key=K + "lr")
     batch = c4.number_input("Batch size", value=mem.LabConfig.batch_size, step=8, key=K + "batch")
     cap = c5.number_input("Epoch cap", step=50, key=K + "max_epochs",
                           help="a model that has not fitted by then 'did not fit within N epochs'")
     c1, c2 = st.columns(2)
     p = c1.slider("p for 'labels corrupted with probability p'", 0.0, 1.0, step=0.05, key=K + "p")
-    scheme = c2.radio("A corrupted label is drawn from", SCHEMES, horizontal=True, key=K + "scheme",
-                      format_func={"uniform": "all classes", "other": "the other classes (Nakkiran)"}.get)
+    scheme = c2.radio("A corrupted label becomes", list(LABEL_SCHEMES), horizontal=True, key=K + "scheme",
+                      format_func=lambda s: f"{LABEL_SCHEMES[s].title} ({LABEL_SCHEMES[s].source})")
     return config_or_stop(lambda: mem.LabConfig(
         dataset=dataset, n_train=int(n_train), model=model, width=int(width), depth=int(depth),
         optimizer=optimizer, lr=float(lr), batch_size=int(batch), max_epochs=int(cap), p=float(p),
@@ -212,7 +214,7 @@ def _draw_job(job: Job) -> None:
 
 def _presets(view: str) -> list[Entry]:
     """Precomputed results shipped with the app for this view."""
-    return [e for e in Cache().entries(mem.KINDS[view]) if e.shipped]
+    return [e for e in app_cache().entries(mem.KINDS[view]) if e.shipped]
 
 
 # --- page --------------------------------------------------------------------------------------------
@@ -244,12 +246,12 @@ notice = mem.fallback_notice(cfg)
 if notice:
     st.warning(notice)
 
-entry = mem.cached(mem.resolve(cfg))
+entry = mem.cached(mem.resolve(cfg), app_cache())
 job = get_job("memorise")
 running = job is not None and not job.is_final
 c1, c2 = st.columns([1, 4])
 if c1.button("Train", type="primary", key=K + "train", disabled=entry is not None):
-    job = start_job("memorise", mem.job(cfg), name=f"memorisation {view}")
+    job = start_job("memorise", mem.job(cfg, app_cache()), name=f"memorisation {view}")
     st.session_state[K + "job_cfg"] = cfg
 if running and c2.button("Stop", key=K + "stop"):
     job.cancel()

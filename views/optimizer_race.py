@@ -17,7 +17,7 @@ from explorer.labs.optimizer_race.race import (TASK_DATASETS, SurfaceRaceConfig,
 from explorer.labs.optimizer_race.surfaces import SURFACES
 from explorer.nets.small import ARCHS, NetConfig
 from explorer.train.optimizers import LR_RANGE, OPTIMIZERS, OptimizerConfig
-from views.widgets import config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
+from views.widgets import app_cache, config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
 
 K = "opt_"  # widget-key prefix
 SURFACE_NAMES = [*SURFACES, "custom"]
@@ -307,10 +307,11 @@ def task_tab() -> None:
         dataset, NetConfig(arch, int(width), dropout=float(dropout) if dropout_on else 0.0),
         tuple(OptimizerConfig(k, float(lr), hps) for k, lr, hps in racers),
         n_train=int(n_train), epochs=int(epochs), batch_size=int(batch), seed=int(seed)))
-    entry = cached_task_race(cfg)
+    cache = app_cache()
+    entry = cached_task_race(cfg, cache)
     job = get_job("optrace")
     if st.button("Race on real data", type="primary", key=K + "t_go", disabled=entry is not None):
-        job = start_job("optrace", task_race_job(cfg), name="optimizer race")
+        job = start_job("optrace", task_race_job(cfg, cache), name="optimizer race")
         st.session_state[K + "t_cfg"] = cfg
     if entry is not None and (job is None or job.is_final):
         _draw_task(entry.metrics, final=True)

@@ -8,7 +8,7 @@ from typing import Any, Callable, TypeVar
 import altair as alt
 import streamlit as st
 
-from explorer.core.cache import Entry
+from explorer.core.cache import Cache, Entry, default_cache
 from explorer.core.config import ConfigError
 from explorer.core.jobs import Job, JobFn, default_runner
 
@@ -23,6 +23,12 @@ def session_id() -> str:
         ctx = get_script_run_ctx()
         st.session_state["_session_id"] = ctx.session_id if ctx else f"local-{time.time_ns()}"
     return st.session_state["_session_id"]
+
+
+def app_cache() -> Cache:
+    """The server's one Cache, shared by every session and job (explorer.core.cache.default_cache: built once per
+    process, which is the whole server); pages pass it to the lab functions. View tests patch this to their own."""
+    return default_cache()
 
 
 def config_or_stop(build: Callable[[], T]) -> T:

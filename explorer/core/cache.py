@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -356,3 +357,18 @@ class Cache:
             if fcntl is not None:
                 fcntl.flock(handle, fcntl.LOCK_EX)
             yield
+
+
+@functools.cache
+def default_cache() -> Cache:
+    """The process's one Cache ($EXPLORER_CACHE_DIR read once, at the first call): the only place that builds one.
+
+    Command-line entry points and the app (views.widgets.app_cache) pass it to every lab function that reads or
+    writes results; tests build their own Cache(tmp_path) and pass that.
+    """
+    return Cache()
+
+
+def shipped_cache() -> Cache:
+    """A Cache that writes into the shipped folder: for commands that produce results to commit with the app."""
+    return Cache(default_shipped_root())

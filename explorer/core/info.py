@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from explorer.core.cache import Cache
+from explorer.core.cache import default_cache
 from explorer.core.device import describe_device
 from explorer.core.provenance import code_version
 
@@ -15,7 +15,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m explorer info", description=__doc__)
     ap.add_argument("--kind", action="append", default=[], help="list cached entries of this kind")
     args = ap.parse_args(argv)
-    cache = Cache()
+    cache = default_cache()
     print(f"device:       {describe_device()}")
     print(f"code version: {code_version()}")
     print(f"data folder:  {os.environ.get('EXPLORER_DATA_DIR', '(default) data/')}")

@@ -11,6 +11,8 @@ import uuid
 from enum import Enum
 from typing import Any, Callable
 
+from explorer.core.report import Reporter
+
 log = logging.getLogger(__name__)
 
 _SLOT_POLL_S = 0.05  # how often a job waiting for a compute slot checks whether it was cancelled
@@ -34,8 +36,11 @@ class Cancelled(Exception):
     """Raised by `JobContext.checkpoint()` inside a job that was cancelled."""
 
 
-class JobContext:
-    """The job function's handle: checkpoints to obey and a channel to publish progress."""
+class JobContext(Reporter):
+    """The job function's handle, a Reporter: checkpoints to obey and a channel to publish progress.
+
+    Compute functions take any Reporter, so a job function passes its context straight in.
+    """
 
     def __init__(self, job: Job) -> None:
         self._job = job

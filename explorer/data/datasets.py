@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer.core.cache import Cache, ComputeResult, key_for
+from explorer.core.cache import Cache, ComputeResult, default_cache, key_for
 from explorer.core.config import ConfigError, check_choice
 from explorer.core.provenance import REPO_DIR
 
@@ -438,8 +438,10 @@ _memo: OrderedDict[str, ArrayDataset] = OrderedDict()
 _memo_lock = threading.Lock()
 
 
-def load(name: str, split: str = "train", *, data_dir: Path | None = None) -> ArrayDataset:
-    """One split of a data set, decoded once and then read from the disk cache; raises DatasetUnavailable."""
+def load(name: str, split: str = "train", *, data_dir: Path | None = None,
+         cache: Cache | None = None) -> ArrayDataset:
+    """One split of a data set, decoded once and then read from `cache` (default: the process's default_cache());
+    raises DatasetUnavailable."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     root = _root(data_dir)
@@ -451,7 +453,7 @@ def load(name: str, split: str = "train", *, data_dir: Path | None = None) -> Ar
         return ComputeResult(metrics={"classes": list(classes), "n": len(y)},
                              tensors={"x": x, "y": y}, meta={"data_dir": str(root)})
 
-    cache = Cache()
+    cache = cache or default_cache()
     key = f"{cache.root}|{key_for(CACHE_KIND, config)}"
     with _memo_lock:
         if key in _memo:
@@ -468,13 +470,13 @@ def load(name: str, split: str = "train", *, data_dir: Path | None = None) -> Ar
 
 
 def load_or_fallback(
-    name: str, split: str = "train", *, data_dir: Path | None = None
+    name: str, split: str = "train", *, data_dir: Path | None = None, cache: Cache | None = None
 ) -> tuple[ArrayDataset, str | None]:
     """The data set, or the embedded digits and the message saying how to provide the wanted one."""
     try:
-        return load(name, split, data_dir=data_dir), None
+        return load(name, split, data_dir=data_dir, cache=cache), None
     except DatasetUnavailable as err:
-        return load(FALLBACK, split), f"{err} Showing the embedded {title(FALLBACK)} instead."
+        return load(FALLBACK, split, cache=cache), f"{err} Showing the embedded {title(FALLBACK)} instead."
 
 
 def class_counts(ds: ArrayDataset) -> list[int]:

@@ -1,11 +1,19 @@
-"""Corruption modes of Zhang et al. (2017), each a seeded, fixed transformation drawn once.
+"""Every label-noise and input-corruption draw of the labs, each definition named.
 
-Label modes change only the training labels; the test set keeps its true labels, so test accuracy
-measures what the network learned about the real task. Input modes transform the training AND test
-inputs the same way (the shuffled-pixel permutation is one fixed property of the data set, so a
-network can still generalise through it; per-image permutations and Gaussian noise leave nothing to
-generalise from). Every draw comes from a generator seeded by (seed, mode), so a mode's data do not
-depend on which other modes run beside it.
+Label noise has two parts, and the papers differ in both, so each is named:
+- which labels: `corrupt_labels` hits each label independently with probability p (Zhang et al. 2017,
+  "independently with probability p, the label of each image is corrupted"); `noisy_labels` replaces
+  exactly round(p * N) labels chosen at random (Nakkiran et al. 2021's label noise);
+- what replaces a hit label, `LABEL_SCHEMES`: "other", a uniformly random *other* class, so every hit
+  label becomes wrong (Nakkiran et al.); or "uniform", a uniform label over all classes, which may be the
+  same one, so about p(C-1)/C of the labels end up wrong (Zhang et al.; the MNIST-1D notebook's noise).
+
+Corruption modes of Zhang et al. (2017) are seeded, fixed transformations drawn once. Label modes change
+only the training labels; the test set keeps its true labels, so test accuracy measures what the network
+learned about the real task. Input modes transform the training AND test inputs the same way (the
+shuffled-pixel permutation is one fixed property of the data set, so a network can still generalise
+through it; per-image permutations and Gaussian noise leave nothing to generalise from). Every draw comes
+from a generator seeded by (seed, mode), so a mode's data do not depend on which other modes run beside it.
 """
 
 from __future__ import annotations
@@ -18,7 +26,28 @@ import torch
 
 from explorer.core.config import check_choice, check_range
 
-SCHEMES = ("uniform", "other")  # corrupted label drawn over all classes, or over the other classes only
+@dataclass(frozen=True)
+class LabelScheme:
+    """What replaces a label hit by noise: its menu title, the paper it follows, and the draw."""
+
+    title: str
+    source: str
+    draw: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]  # (hit labels, classes, gen) -> new labels
+
+
+def _uniform_label(y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, num_classes, y.shape, generator=generator)
+
+
+def _other_class(y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    return (y + torch.randint(1, num_classes, y.shape, generator=generator)) % num_classes  # shift 1..C-1
+
+
+LABEL_SCHEMES: dict[str, LabelScheme] = {
+    "uniform": LabelScheme("a uniform label (may be the same class)", "Zhang et al. 2017; the MNIST-1D notebook",
+                           _uniform_label),
+    "other": LabelScheme("a random other class (always wrong)", "Nakkiran et al. 2021", _other_class),
+}
 
 
 @dataclass(frozen=True)
@@ -44,15 +73,11 @@ def _generator(seed: int, mode: str, purpose: str) -> torch.Generator:
 
 def corrupt_labels(y: torch.Tensor, num_classes: int, p: float, scheme: str,
                    generator: torch.Generator) -> torch.Tensor:
-    """Each label is replaced with probability p by a uniform draw over all classes or the others."""
+    """Each label independently, with probability p, replaced as `scheme` says (LABEL_SCHEMES)."""
     check_range("corruption probability p", p, 0.0, 1.0)
-    check_choice("label scheme", scheme, SCHEMES)
+    check_choice("label scheme", scheme, LABEL_SCHEMES)
     hit = torch.rand(y.shape, generator=generator) < p
-    if scheme == "uniform":
-        new = torch.randint(0, num_classes, y.shape, generator=generator)
-    else:  # shift by 1..K-1: uniform over the K-1 other classes
-        new = (y + torch.randint(1, num_classes, y.shape, generator=generator)) % num_classes
-    return torch.where(hit, new, y)
+    return torch.where(hit, LABEL_SCHEMES[scheme].draw(y, num_classes, generator), y)
 
 
 def expected_agreement(p: float, scheme: str, num_classes: int) -> float:
@@ -167,7 +192,7 @@ def apply(mode: str, train: Sample, test: Sample, *, num_classes: int, p: float 
     """The training and test sets under one corruption mode, drawn once from (seed, mode)."""
     check_choice("corruption mode", mode, MODES)
     check_range("corruption probability p", p, 0.0, 1.0)
-    check_choice("label scheme", scheme, SCHEMES)
+    check_choice("label scheme", scheme, LABEL_SCHEMES)
     return MODES[mode].apply(train, test, num_classes, p, scheme, seed, mode)
 
 
@@ -176,13 +201,13 @@ def noise_seed(seed: int, noise: float, salt: int = 0) -> int:
     return (seed * 1_000_003 + round(noise * 1_000_000) * 7919 + salt * 104_729) % (2**63 - 1)
 
 
-def noisy_labels(y: torch.Tensor, noise: float, num_classes: int, seed: int) -> torch.Tensor:
-    """Replace exactly round(noise * N) labels, chosen at random, by a uniformly random OTHER class."""
+def noisy_labels(y: torch.Tensor, noise: float, num_classes: int, seed: int, scheme: str = "other") -> torch.Tensor:
+    """Replace exactly round(noise * N) labels, chosen at random, as `scheme` says (LABEL_SCHEMES; "other"
+    is Nakkiran et al.'s label noise)."""
+    check_choice("label scheme", scheme, LABEL_SCHEMES)
     g = torch.Generator().manual_seed(seed)
     y_cpu = y.cpu()
-    n_flip = round(noise * len(y_cpu))
-    idx = torch.randperm(len(y_cpu), generator=g)[:n_flip]
-    shift = torch.randint(1, num_classes, (n_flip,), generator=g)  # 1..C-1, never the same class
+    idx = torch.randperm(len(y_cpu), generator=g)[:round(noise * len(y_cpu))]
     out = y_cpu.clone()
-    out[idx] = (y_cpu[idx] + shift) % num_classes
+    out[idx] = LABEL_SCHEMES[scheme].draw(y_cpu[idx], num_classes, g)
     return out.to(y.device)

@@ -1,4 +1,4 @@
-"""Synthetic 2D/1D data sets of the playground (TensorFlow Playground's generators), features, CSV upload."""
+"""Synthetic 2D/1D data sets of the playground (TensorFlow Playground's generators), input features, CSV upload."""
 
 from __future__ import annotations
 
@@ -126,7 +126,8 @@ def _sin2(x: torch.Tensor) -> torch.Tensor:
     return torch.sin(x[:, 1])
 
 
-FEATURES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+# what the network sees of a point (x1, x2): TensorFlow Playground's input features
+INPUT_FEATURES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "x1": lambda x: x[:, 0],
     "x2": lambda x: x[:, 1],
     "x1^2": lambda x: x[:, 0] ** 2,
@@ -146,7 +147,7 @@ class Data2DConfig:
     train_ratio: int = 50  # percent of points used for training, 10..90
     n_points: int = 500
     seed: int = 0
-    features: tuple[str, ...] = ("x1", "x2")
+    input_features: tuple[str, ...] = ("x1", "x2")
     upload_sha: str = ""  # sha256 of an uploaded CSV when name == "upload"
 
     def __post_init__(self) -> None:
@@ -155,11 +156,11 @@ class Data2DConfig:
         check_range("train ratio (%)", self.train_ratio, 10, 90, integer=True)
         check_range("number of points", self.n_points, 10, MAX_UPLOAD_POINTS, integer=True)
         check_range("data seed", self.seed, 0, 2**31 - 1, integer=True)
-        if not self.features:
+        if not self.input_features:
             raise ConfigError("pick at least one input feature")
-        for f in self.features:
-            check_choice("feature", f, FEATURES)
-        if len(set(self.features)) != len(self.features):
+        for f in self.input_features:
+            check_choice("input feature", f, INPUT_FEATURES)
+        if len(set(self.input_features)) != len(self.input_features):
             raise ConfigError("each input feature may be picked once")
         if self.name == UPLOAD and not self.upload_sha:
             raise ConfigError("the upload data set needs an uploaded CSV file")
@@ -167,7 +168,7 @@ class Data2DConfig:
 
 @dataclass(frozen=True)
 class Split:
-    """Train/test tensors on one device; x_* already feature-transformed, raw_* the 2D points."""
+    """Train/test tensors on one device; x_* the input features, raw_* the 2D points."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -190,9 +191,9 @@ def make_points(cfg: Data2DConfig, upload: Points | None = None) -> Points:
     return Points(pts.x.astype(np.float32), pts.y, pts.task)
 
 
-def featurize(x: torch.Tensor, features: tuple[str, ...]) -> torch.Tensor:
-    """(N, 2) raw points -> (N, len(features)) network inputs."""
-    return torch.stack([FEATURES[f](x) for f in features], 1).contiguous()
+def input_features(x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+    """(N, 2) raw points -> (N, len(names)) network inputs, one column per input feature."""
+    return torch.stack([INPUT_FEATURES[f](x) for f in names], 1).contiguous()
 
 
 def make_split(cfg: Data2DConfig, device: torch.device, upload: Points | None = None) -> Split:
@@ -205,7 +206,7 @@ def make_split(cfg: Data2DConfig, device: torch.device, upload: Points | None = 
     xr = torch.as_tensor(pts.x, dtype=torch.float32)
     ydtype = torch.int64 if pts.task == "classification" else torch.float32
     yt = torch.as_tensor(pts.y, dtype=ydtype)
-    feats = featurize(xr, cfg.features)
+    feats = input_features(xr, cfg.input_features)
     return Split(
         x_train=feats[tr].to(device), y_train=yt[tr].to(device),
         x_test=feats[te].to(device), y_test=yt[te].to(device),

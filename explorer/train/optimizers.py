@@ -1,5 +1,8 @@
 """Optimizer registry: torch.optim's own classes, each with its hyperparameters, defaults and limits.
 
+It is the one place that says what an optimizer kind is: every trainer declares the kinds it supports as
+a subset of its keys (`supported_kinds`) and builds its optimizers from it (`config_for`, `build_optimizer`).
+
 Every racer is a frozen `OptimizerConfig` (kind, learning rate, the kind's other hyperparameters);
 `build_optimizer` turns it into the torch.optim optimizer itself, so a race runs exactly the code a
 user would write. Nothing here re-implements an update rule. `build_shared_optimizers` serves many
@@ -139,6 +142,21 @@ class OptimizerConfig:
         if "beta1" in hp:  # torch.optim takes the two decays as one `betas` pair
             hp["betas"] = (hp.pop("beta1"), hp.pop("beta2"))
         return {"lr": self.lr, **self.spec.fixed, **hp}
+
+
+def supported_kinds(*kinds: str) -> tuple[str, ...]:
+    """A trainer's optimizer kinds, a subset of the registry's keys (checked, so a typo fails at import)."""
+    for kind in kinds:
+        check_choice("optimizer", kind, OPTIMIZERS)
+    return kinds
+
+
+def config_for(kind: str, lr: float, **settings: float) -> OptimizerConfig:
+    """The OptimizerConfig of `kind` at `lr` from a trainer's own settings (momentum=..., weight_decay=...):
+    those the kind has as hyperparameters are used, the others ignored; the rest keep the registry's defaults."""
+    check_choice("optimizer", kind, OPTIMIZERS)
+    names = {h.name for h in OPTIMIZERS[kind].hparams}
+    return OptimizerConfig(kind, lr, tuple((k, float(v)) for k, v in settings.items() if k in names))
 
 
 def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.Tensor], **extra: Any) -> torch.optim.Optimizer:

@@ -5,35 +5,31 @@ autograd bookkeeping, a DataLoader collate and a `.item()` per step cost more th
 So the engine keeps the whole data set on the device, takes batches as slices of a once-per-epoch
 shuffled copy, computes gradients with fused ATen backward ops into preallocated buffers, updates
 with `torch._foreach_*` (the same kernels torch.optim uses), and syncs with the host once per
-epoch. Gradients are tested against autograd; updates against torch.optim.
+epoch. Gradients are tested against autograd; updates against torch.optim. The optimizer kinds, their
+labels and defaults come from explorer.train.optimizers; the SGD family keeps a hand-written foreach
+update (fewer Python calls than torch.optim.SGD.step, bit-identical), the others run torch.optim itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from explorer.core.config import ConfigError, check_choice, check_range
+from explorer.core.report import SILENT, Reporter
 from explorer.nets.mlp import ACTIVATIONS, MLPConfig, init_mlp_params
+from explorer.train.evaluate import Diverged, diverged_message, first_nonfinite
+from explorer.train.optimizers import OPTIMIZERS, OptimizerConfig, build_optimizer, config_for, supported_kinds
 
 aten = torch.ops.aten
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
 
 
-class Diverged(RuntimeError):
-    """Training produced a non-finite loss; the message names the step and the likely cause."""
-
-    def __init__(self, message: str, step: int, epoch: int):
-        super().__init__(message)
-        self.step = step
-        self.epoch = epoch
-
-
 LOSSES = ("cross_entropy", "mse")
+OPTIMIZER_KINDS = supported_kinds("sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw")
 
 
 @dataclass(frozen=True)
@@ -46,11 +42,11 @@ class TrainConfig:
     loss: str = "cross_entropy"  # or "mse" (squared error, also for classification on one-hot targets)
     l1: float = 0.0  # L1 penalty rate on weights (not biases)
     l2: float = 0.0  # L2 penalty rate on weights (not biases)
-    momentum: float = 0.9  # for momentum / nesterov / rmsprop
+    momentum: float = 0.9  # for momentum / nesterov (RMSProp keeps the registry's 0)
     seed: int = 0  # initial weights, dropout masks and batch order
 
     def __post_init__(self) -> None:
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, OPTIMIZER_KINDS)
         check_range("learning rate", self.lr, 1e-5, 10.0)
         check_range("batch size", self.batch_size, 1, 1_000_000, integer=True)
         check_choice("loss", self.loss, LOSSES)
@@ -58,6 +54,13 @@ class TrainConfig:
         check_range("L2 rate", self.l2, 0.0, 10.0)
         check_range("momentum", self.momentum, 0.0, 0.999)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
+
+    @property
+    def optimizer_config(self) -> OptimizerConfig:
+        """This optimizer as the registry's config: the learning rate, the SGD family's momentum, defaults."""
+        # The engine's one momentum setting is the SGD family's; RMSProp keeps torch's default of none.
+        sgd_family = OPTIMIZERS[self.optimizer].cls is torch.optim.SGD
+        return config_for(self.optimizer, self.lr, **({"momentum": self.momentum} if sgd_family else {}))
 
 
 class _ForeachSGD:
@@ -97,16 +100,14 @@ class _TorchOptim:
             group["lr"] = lr
 
 
-OptimizerFactory = Callable[[list[torch.Tensor], list[torch.Tensor], TrainConfig], "_ForeachSGD | _TorchOptim"]
-OPTIMIZERS: dict[str, OptimizerFactory] = {
-    "sgd": lambda p, g, c: _ForeachSGD(p, c.lr),
-    "momentum": lambda p, g, c: _ForeachSGD(p, c.lr, c.momentum),
-    "nesterov": lambda p, g, c: _ForeachSGD(p, c.lr, c.momentum, nesterov=True),
-    "rmsprop": lambda p, g, c: _TorchOptim(torch.optim.RMSprop(p, lr=c.lr, foreach=True), p, g),
-    "adagrad": lambda p, g, c: _TorchOptim(torch.optim.Adagrad(p, lr=c.lr, foreach=True), p, g),
-    "adam": lambda p, g, c: _TorchOptim(torch.optim.Adam(p, lr=c.lr, foreach=True), p, g),
-    "adamw": lambda p, g, c: _TorchOptim(torch.optim.AdamW(p, lr=c.lr, foreach=True), p, g),
-}
+def build_engine_optimizer(params: list[torch.Tensor], grads: list[torch.Tensor],
+                           cfg: TrainConfig) -> _ForeachSGD | _TorchOptim:
+    """The engine's optimizer for cfg over params, whose gradients live in grads."""
+    opt = cfg.optimizer_config
+    if opt.spec.cls is torch.optim.SGD:  # weight decay stays at the registry's 0: the engine has its own L2
+        kw = opt.kwargs()
+        return _ForeachSGD(params, opt.lr, kw.get("momentum", 0.0), kw.get("nesterov", False))
+    return _TorchOptim(build_optimizer(opt, params, foreach=True), params, grads)
 
 
 @dataclass
@@ -154,8 +155,8 @@ class EpochStats:
 
 
 @dataclass
-class History:
-    """Per-epoch curves, plain lists ready to plot."""
+class RunHistory:
+    """Per-epoch curves of one Trainer run, plain lists ready to plot."""
 
     epoch: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
@@ -193,7 +194,7 @@ class Trainer:
                       for b in {self.batch_size, self.n % self.batch_size} if b}
         self.epoch = 0
         self.step_count = 0
-        self.history = History()
+        self.history = RunHistory()
 
     # --- parameters -------------------------------------------------------------------------
     def _build(self, init: dict[str, torch.Tensor]) -> None:
@@ -223,7 +224,7 @@ class Trainer:
                 self.grads += [lay.grad_bn_weight, lay.grad_bn_bias]
         self.weights = [lay.weight for lay in self.layers]
         self.grad_weights = [lay.grad_weight for lay in self.layers]
-        self.opt = OPTIMIZERS[self.cfg.optimizer](self.params, self.grads, self.cfg)
+        self.opt = build_engine_optimizer(self.params, self.grads, self.cfg)
         self.lr = self.cfg.lr
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -377,20 +378,13 @@ class Trainer:
             opt.step(grads)
         sizes = torch.tensor([len(xb) for xb in x_list], dtype=torch.float32, device=self.device)
         losses = raw / sizes * (-1.0 if ce else 0.5)
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0, 0])
-            self._diverged(self.step_count + bad, float(losses[bad]))
+        [bad] = first_nonfinite(losses)
+        if bad is not None:
+            step, epoch = self.step_count + bad + 1, self.epoch + 1
+            raise Diverged(diverged_message("Training", step, epoch, self.lr), step, epoch)
         self.step_count += n_steps
         self.epoch += 1
         return EpochStats(self.epoch, n_steps, float(losses.mean()))
-
-    def _diverged(self, step: int, value: float) -> None:
-        lr = self.lr
-        hint = (f"the learning rate {lr:g} is probably too high for this network and data; try {lr / 10:g}"
-                if lr > 1e-3 else "check the data for extreme values and the regularisation rates")
-        raise Diverged(f"Training diverged: the loss became {value} at step {step + 1} "
-                       f"(epoch {self.epoch + 1}); {hint}.", step + 1, self.epoch + 1)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -422,7 +416,7 @@ class Trainer:
 class RunResult:
     """What `train` returns: the curves, the final weights, and why it stopped."""
 
-    history: History
+    history: RunHistory
     state: dict[str, torch.Tensor]
     epochs: int
     steps: int
@@ -431,18 +425,21 @@ class RunResult:
 
 def train(model: MLPConfig, cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor,
           x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None, *, epochs: int = 100,
-          task: str = "classification", on_epoch: Callable[[Trainer], None] | None = None) -> RunResult:
-    """Train for `epochs`, evaluating after each; a divergence ends the run with its message."""
+          task: str = "classification", report: Reporter = SILENT) -> RunResult:
+    """Train for `epochs`, evaluating after each; a divergence ends the run with its message.
+
+    `report` gets a checkpoint before each epoch and the epoch count after it.
+    """
     check_range("epochs", epochs, 1, 1_000_000, integer=True)
     tr = Trainer(model, cfg, x_train, y_train, x_test, y_test, task=task)
     diverged = None
     for _ in range(epochs):
+        report.checkpoint()
         try:
             tr.run_epoch()
         except Diverged as exc:
             diverged = str(exc)
             break
         tr.evaluate()
-        if on_epoch is not None:
-            on_epoch(tr)
+        report.publish(progress=tr.epoch / epochs, message=f"epoch {tr.epoch} of {epochs}")
     return RunResult(tr.history, tr.state_dict(), tr.epoch, tr.step_count, diverged)

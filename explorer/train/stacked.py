@@ -1,4 +1,5 @@
-"""Train K models of one architecture together: one forward and one backward per step for all K.
+"""Train K models of one architecture (an explorer.nets.small NetConfig) together: one forward and one
+backward per step for all K.
 
 The K models' parameters are stacked along a new leading dimension (torch.func.stack_module_state)
 and the forward runs them all at once: plain MLPs through `torch.baddbmm` on the stacked weights
@@ -25,71 +26,36 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
+from explorer.core.report import SILENT, Reporter
 from explorer.core.schedules import SCHEDULES
+from explorer.nets.small import NetConfig, build_net
+from explorer.train.evaluate import diverged_message, evaluate, first_nonfinite
+from explorer.train.optimizers import build_optimizer, config_for, fast_kwargs, supported_kinds
 
-# --- model builders: plain nn.Module factories, used batched and alone -----------------------------
-
-ModelBuilder = Callable[[tuple[int, ...], int, int, int], nn.Module]
-
-
-def build_mlp(input_shape: tuple[int, ...], num_classes: int, width: int, depth: int) -> nn.Module:
-    """Flatten -> `depth` x (Linear(width) -> ReLU) -> Linear(num_classes)."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    fan_in = math.prod(input_shape)
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width), nn.ReLU()]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, num_classes))
-    return nn.Sequential(*layers)
-
-
-def build_small_cnn(input_shape: tuple[int, ...], num_classes: int, width: int, depth: int) -> nn.Module:
-    """`depth` x (3x3 conv with width*2^i channels -> ReLU -> 2x2 max-pool) -> Linear(num_classes)."""
-    if len(input_shape) != 3:
-        raise ConfigError(f"the small CNN needs image inputs (C, H, W), got shape {input_shape}")
-    channels, h, w = input_shape
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        out = width * 2**i
-        layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        channels, h, w = out, h // 2, w // 2
-        if h < 1 or w < 1:
-            raise ConfigError(f"{depth} pooling stages are too many for {input_shape[1]}x{input_shape[2]} images")
-    layers += [nn.Flatten(), nn.Linear(channels * h * w, num_classes)]
-    return nn.Sequential(*layers)
-
-
-MODELS: dict[str, ModelBuilder] = {"mlp": build_mlp, "small_cnn": build_small_cnn}
-
-
-def register_model(name: str, builder: ModelBuilder) -> None:
-    """Add an architecture to the registry (builder(input_shape, num_classes, width, depth))."""
-    MODELS[name] = builder
-
+# --- the models: explorer.nets.small's families, described by a NetConfig ----------------------------
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """An architecture from the registry and its size; builds identical nn.Modules."""
+    """A network of explorer.nets.small and the data shape it is built for; builds identical nn.Modules."""
 
-    name: str = "mlp"
+    net: NetConfig = NetConfig()
     input_shape: tuple[int, ...] = (40,)  # one example's shape, e.g. (40,) or (3, 32, 32)
     num_classes: int = 10
-    width: int = 256  # hidden units (MLP) or first-layer channels (CNNs)
-    depth: int = 2  # hidden layers (MLP) or conv stages (small CNN)
 
     def __post_init__(self) -> None:
-        check_choice("model", self.name, MODELS)
+        if not isinstance(self.net, NetConfig):
+            raise ConfigError(f"net must be a NetConfig, got {type(self.net).__name__}")
+        if self.net.dropout:  # vmap would draw one mask per model; the batched step has no dropout
+            raise ConfigError("the batched trainer trains networks without dropout")
         if not 1 <= len(self.input_shape) <= 3:
             raise ConfigError(f"input shape must have 1 to 3 dimensions, got {self.input_shape}")
         for d in self.input_shape:
             check_range("input size", d, 1, 100_000, integer=True)
         check_range("number of classes", self.num_classes, 2, 1000, integer=True)
-        check_range("width", self.width, 1, 4096, integer=True)
-        check_range("depth", self.depth, 0, 16, integer=True)
 
     def build(self) -> nn.Module:
         """A fresh module, initialised from torch's global RNG (seed it first)."""
-        return MODELS[self.name](tuple(self.input_shape), self.num_classes, self.width, self.depth)
+        return build_net(self.net, tuple(self.input_shape), self.num_classes)
 
     @property
     def num_params(self) -> int:
@@ -100,13 +66,8 @@ class ModelSpec:
 
 # --- training configuration --------------------------------------------------------------------------
 
-# fused=True: one kernel per stacked tensor per step (the same update as torch.optim's default, tested)
-OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], "BatchConfig"], torch.optim.Optimizer]] = {
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay, fused=True),
-    "momentum": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                                             fused=True),
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay, fused=True),
-}
+# Elementwise, so one optimizer over the stacked tensors equals K independent ones (tested for these three).
+OPTIMIZER_KINDS = supported_kinds("adam", "momentum", "sgd")
 
 @dataclass(frozen=True)
 class BatchConfig:
@@ -114,7 +75,7 @@ class BatchConfig:
 
     optimizer: str = "adam"
     lr: float = 1e-3  # step size, 1e-6..10
-    momentum: float = 0.9  # for "momentum"
+    momentum: float = 0.9  # for the kinds that have momentum
     weight_decay: float = 0.0  # L2 coefficient, as torch.optim applies it
     batch_size: int = 128  # examples per step, shared batch order for all K models
     epochs: int = 100  # run cap
@@ -125,7 +86,7 @@ class BatchConfig:
     eval_chunk: int = 2048  # examples per evaluation forward, per model
 
     def __post_init__(self) -> None:
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, OPTIMIZER_KINDS)
         check_range("learning rate", self.lr, 1e-6, 10.0)
         check_range("momentum", self.momentum, 0.0, 0.999)
         check_range("weight decay", self.weight_decay, 0.0, 1.0)
@@ -141,8 +102,8 @@ METRICS = ("train_loss", "train_err", "test_loss", "test_err")
 
 
 @dataclass
-class History:
-    """Per-epoch metrics, one list per model: history.train_err[k][e] is model k after epoch e+1."""
+class BatchedHistory:
+    """Per-epoch metrics of a batched run, one list per model: train_err[k][e] is model k after epoch e+1."""
 
     epoch: list[int] = field(default_factory=list)
     train_loss: list[list[float]] = field(default_factory=list)
@@ -194,13 +155,15 @@ class BatchedTrainer:
         self.buffers = {n: b.to(self.device) for n, b in buffers.items()}
         self.base = copy.deepcopy(modules[0]).to("meta")
         self.fast = _is_plain_mlp(self.base)
-        self.opt = OPTIMIZERS[cfg.optimizer](list(self.params.values()), cfg)
+        opt_cfg = config_for(cfg.optimizer, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        # fused where torch has it: one kernel per stacked tensor per step (the same update, tested)
+        self.opt = build_optimizer(opt_cfg, self.params.values(), **fast_kwargs(opt_cfg.spec.cls, self.device))
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.alive = torch.ones(k, dtype=torch.bool)  # host copy, updated once per epoch
         self.diverged: list[str | None] = [None] * k
         self.epoch = 0
         self.step_count = 0
-        self.history = History()
+        self.history = BatchedHistory()
         self.history.train_loss = [[] for _ in range(k)]
         self.history.train_err = [[] for _ in range(k)]
         self.history.test_loss = [[] for _ in range(k)]
@@ -279,17 +242,14 @@ class BatchedTrainer:
         first_step = self.step_count + 1
         self.step_count += len(starts)
         self.epoch += 1
-        bad = ~torch.isfinite(step_losses)  # (steps, K)
-        first_bad = torch.where(bad.any(0), bad.to(torch.int8).argmax(0), -1).tolist()  # the epoch's one sync
-        for i, s in enumerate(first_bad):
-            if s >= 0 and self.alive[i]:
+        for i, s in enumerate(first_nonfinite(step_losses)):  # the epoch's one host sync
+            if s is not None and self.alive[i]:
                 self._mark_diverged(i, first_step + s)
 
     def _mark_diverged(self, i: int, step: int) -> None:
         """Stop model i: its weights and optimizer state become zero so it cannot poison sums."""
         self.alive[i] = False
-        self.diverged[i] = (f"model {i} diverged at step {step} (epoch {self.epoch}): the loss became "
-                            f"non-finite; lower the learning rate ({self.cfg.lr:g})")
+        self.diverged[i] = diverged_message(f"model {i}", step, self.epoch, self.cfg.lr)
         with torch.no_grad():
             for p in self.params.values():
                 p[i].zero_()
@@ -297,23 +257,13 @@ class BatchedTrainer:
                     if torch.is_tensor(v) and v.dim() > 0:
                         v[i].zero_()
 
-    @torch.no_grad()
     def _evaluate_set(self, x: torch.Tensor, shared: bool, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss and error per model (K,), (K,) over a whole set, in chunks."""
         self.base.eval()
-        n = y.shape[1]
-        loss_sum = torch.zeros(self.k, device=self.device)
-        wrong = torch.zeros(self.k, device=self.device)
-        chunk = max(1, self.cfg.eval_chunk)
-        for start in range(0, n, chunk):
-            sl = slice(start, start + chunk)
-            xb = x[sl] if shared else x[:, sl]
-            out = self.forward(xb, shared)  # (K, B, C)
-            yb = y[:, sl]
-            loss_sum += F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(self.k, -1).sum(1)
-            wrong += (out.argmax(-1) != yb).sum(1)
+        [(loss, err)] = evaluate(lambda xb: self.forward(xb, shared), x, [y], self.cfg.eval_chunk,
+                                 example_dim=0 if shared else 1)
         self.base.train()
-        return loss_sum / n, wrong / n
+        return loss, err
 
     def evaluate(self) -> dict[str, list[float]]:
         """Train and test loss and error per model, appended to the history (NaN for diverged)."""
@@ -345,7 +295,7 @@ class BatchedTrainer:
 class BatchedResult:
     """What a batched run produced: per-model curves, why any stopped, where training ended."""
 
-    history: History
+    history: BatchedHistory
     diverged: list[str | None]
     epochs: int
     steps: int
@@ -355,18 +305,21 @@ class BatchedResult:
 def train_batched(spec: ModelSpec, cfg: BatchConfig, k: int, x: torch.Tensor, y: torch.Tensor,
                   x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None, *,
                   on_epoch: Callable[[int, dict[str, list[float]]], None] | None = None,
-                  checkpoint: Callable[[], None] | None = None,
                   stop: Callable[[int, dict[str, list[float]]], bool] | None = None,
-                  device: torch.device | None = None) -> BatchedResult:
-    """Train K models for up to cfg.epochs, evaluating after each; `stop` may end the run early."""
+                  report: Reporter = SILENT, device: torch.device | None = None) -> BatchedResult:
+    """Train K models for up to cfg.epochs, evaluating after each; `stop` may end the run early.
+
+    `on_epoch(epoch, metrics)` sees each epoch's metrics; `report` gets a checkpoint before each epoch and the
+    epoch count after it.
+    """
     tr = BatchedTrainer(spec, cfg, k, x, y, x_test, y_test, device=device)
     for _ in range(cfg.epochs):
-        if checkpoint is not None:
-            checkpoint()
+        report.checkpoint()
         tr.run_epoch()
         metrics = tr.evaluate()
         if on_epoch is not None:
             on_epoch(tr.epoch, metrics)
+        report.publish(progress=tr.epoch / cfg.epochs, message=f"epoch {tr.epoch} of at most {cfg.epochs}")
         if not tr.alive.any() or (stop is not None and stop(tr.epoch, metrics)):
             break
     return BatchedResult(tr.history, tr.diverged, tr.epoch, tr.step_count, tr)

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.core.cache import FORMAT_VERSION, Cache, ComputeResult, Entry, key_for, to_plain
+from explorer.core.cache import (FORMAT_VERSION, Cache, ComputeResult, Entry, default_cache, default_root,
+                                 default_shipped_root, key_for, shipped_cache, to_plain)
 
 
 class Act(enum.Enum):
@@ -295,6 +296,15 @@ def test_default_root_reads_env_at_call_time(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.delenv("EXPLORER_CACHE_DIR")
     assert Cache().root.parts[-2:] == ("cache", "runtime")
     assert Cache().shipped_root.parts[-2:] == ("cache", "shipped")
+
+
+def test_default_cache_is_built_once_and_reads_the_environment_once(tmp_path: Path, monkeypatch) -> None:
+    first = default_cache()
+    assert first.root == default_root() and first.shipped_root == default_shipped_root()
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "later"))  # too late: the process's cache is built
+    assert default_cache() is first and first.root != tmp_path / "later"
+    shipped = shipped_cache()
+    assert shipped.root == shipped.shipped_root == default_shipped_root()
 
 
 def test_bad_kind_is_rejected(cache: Cache) -> None:

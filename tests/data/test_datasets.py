@@ -14,6 +14,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from explorer.core.cache import Cache
 from explorer.core.config import ConfigError
 from explorer.data import datasets as D
 
@@ -22,8 +23,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test gets its own cache and data folder, no downloads and an empty memo."""
-    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    """Each test gets its own data folder, no downloads and an empty memo (tests of the disk cache pass their own)."""
     monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("EXPLORER_OFFLINE", "1")
     D._memo.clear()
@@ -59,11 +59,13 @@ def test_embedded_digits_and_mnist1d() -> None:
     assert len(D.load("mnist1d", "train")) == 4000
 
 
-def test_second_load_comes_from_the_disk_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    first = D.load("digits", "test")
+def test_second_load_comes_from_the_disk_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = Cache(tmp_path / "cache")
+    first = D.load("digits", "test", cache=cache)
+    assert len(cache.entries(D.CACHE_KIND)) == 1  # decoded now, into this cache
     D._memo.clear()
     monkeypatch.setattr("sklearn.datasets.load_digits", lambda: pytest.fail("decoded twice"))
-    second = D.load("digits", "test")
+    second = D.load("digits", "test", cache=cache)
     assert torch.equal(first.x, second.x) and torch.equal(first.y, second.y)
 
 

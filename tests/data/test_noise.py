@@ -107,3 +107,27 @@ def test_modes_are_independent_of_each_other_and_refuse_bad_settings():
         apply("partial_labels", train, test, num_classes=K, p=1.5)
     with pytest.raises(ConfigError, match="scheme"):
         apply("partial_labels", train, test, num_classes=K, scheme="nearest")
+
+
+def test_every_label_noise_definition_is_named_and_does_what_its_name_says() -> None:
+    from explorer.data.noise import LABEL_SCHEMES, noisy_labels
+
+    assert set(LABEL_SCHEMES) == {"uniform", "other"}
+    assert all(s.title and s.source for s in LABEL_SCHEMES.values())
+    y = torch.arange(10_000) % 10
+    other = noisy_labels(y, 0.3, 10, seed=3, scheme="other")
+    assert int((other != y).sum()) == 3000  # exactly round(pN), every one wrong (Nakkiran et al.)
+    uniform = noisy_labels(y, 0.3, 10, seed=3, scheme="uniform")
+    assert abs(int((uniform != y).sum()) - 2700) < 150  # p(C-1)/C wrong: a hit may draw its own class
+
+
+def test_nakkiran_noise_is_the_draw_the_shipped_sweeps_used() -> None:
+    """noisy_labels(scheme="other") keeps the random draws of the original implementation."""
+    from explorer.data.noise import noisy_labels
+
+    y = torch.randint(0, 10, (1000,), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(42)
+    idx = torch.randperm(1000, generator=g)[:150]
+    expected = y.clone()
+    expected[idx] = (y[idx] + torch.randint(1, 10, (150,), generator=g)) % 10
+    assert torch.equal(noisy_labels(y, 0.15, 10, seed=42), expected)

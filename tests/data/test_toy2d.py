@@ -1,4 +1,4 @@
-"""2D data sets: shapes, determinism, features, CSV upload validation, limits."""
+"""2D data sets: shapes, determinism, input features, CSV upload validation, limits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from explorer.core.config import ConfigError
-from explorer.data.toy2d import DOMAIN, GENERATORS, Data2DConfig, featurize, make_split, parse_points_csv
+from explorer.data.toy2d import DOMAIN, GENERATORS, Data2DConfig, input_features, make_split, parse_points_csv
 
 CPU = torch.device("cpu")
 
@@ -35,9 +35,9 @@ def test_classes_are_balanced_and_noise_moves_points() -> None:
     assert not torch.allclose(clean.x_train, noisy.x_train)
 
 
-def test_features() -> None:
+def test_input_features() -> None:
     x = torch.tensor([[1.0, 2.0], [-3.0, 0.5]])
-    f = featurize(x, ("x1", "x2", "x1^2", "x2^2", "x1*x2", "sin x1", "sin x2"))
+    f = input_features(x, ("x1", "x2", "x1^2", "x2^2", "x1*x2", "sin x1", "sin x2"))
     assert f.shape == (2, 7)
     torch.testing.assert_close(f[1], torch.tensor([-3.0, 0.5, 9.0, 0.25, -1.5, float(np.sin(-3.0)), float(np.sin(0.5))]))
 
@@ -72,7 +72,7 @@ def test_limits() -> None:
         Data2DConfig(train_ratio=5)
     with pytest.raises(ConfigError, match="data set"):
         Data2DConfig(name="swiss roll")
-    with pytest.raises(ConfigError, match="feature"):
-        Data2DConfig(features=("x3",))
+    with pytest.raises(ConfigError, match="input feature"):
+        Data2DConfig(input_features=("x3",))
     with pytest.raises(ConfigError, match="upload"):
         Data2DConfig(name="upload")

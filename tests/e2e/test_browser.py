@@ -31,6 +31,19 @@ def browser_page():
         browser.close()
 
 
+def test_a_deep_link_on_a_fresh_server_opens_the_page_without_a_dialog() -> None:
+    """The first visit after the server starts opens a lab's URL directly: no "Page not found" dialog (with
+    a pages/ folder Streamlit ran its old folder navigation once and showed one, streamlit#8860)."""
+    with streamlit_server() as url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        open_page(page, f"{url}/{LABS[-1].slug}", LABS[-1].title)
+        page.wait_for_timeout(3000)  # the dialog, when there was one, came up within a second
+        assert page.get_by_role("dialog").count() == 0
+        assert page.get_by_text("Page not found").count() == 0
+        browser.close()
+
+
 def _no_exception(page) -> None:
     exc = page.locator('[data-testid="stException"]')
     assert exc.count() == 0, exc.first.inner_text()

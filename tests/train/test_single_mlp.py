@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from explorer.core.config import ConfigError
 from explorer.data.toy2d import Data2DConfig, make_split
 from explorer.nets.mlp import ACTIVATIONS, MLPConfig, init_mlp_params
-from explorer.train.single_mlp import OPTIMIZERS, Diverged, TrainConfig, Trainer, train
+from explorer.train.evaluate import Diverged
+from explorer.train.single_mlp import OPTIMIZER_KINDS, TrainConfig, Trainer, build_engine_optimizer, train
 
 CPU = torch.device("cpu")
 
@@ -84,15 +85,15 @@ TORCH_OPTIM = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(OPTIMIZER_KINDS))
 def test_updates_match_torch_optim(name: str) -> None:
     """Five steps of the engine's optimizer equal torch.optim's on the same gradients."""
-    assert set(TORCH_OPTIM) == set(OPTIMIZERS)
+    assert set(TORCH_OPTIM) == set(OPTIMIZER_KINDS)
     g = torch.Generator().manual_seed(1)
     params = [torch.randn(4, 3, generator=g), torch.randn(3, generator=g)]
     ref = [p.clone().requires_grad_(True) for p in params]
     grads = [torch.zeros_like(p) for p in params]
-    ours = OPTIMIZERS[name]([p.clone() for p in params], grads, TrainConfig(optimizer=name, lr=0.05))
+    ours = build_engine_optimizer([p.clone() for p in params], grads, TrainConfig(optimizer=name, lr=0.05))
     theirs = TORCH_OPTIM[name](ref, 0.05)
     for _ in range(5):
         new = [torch.randn(p.shape, generator=g) for p in params]
@@ -107,17 +108,19 @@ def test_updates_match_torch_optim(name: str) -> None:
         assert torch.equal(a, b.detach()), name
 
 
-def test_loss_falls_on_spiral() -> None:
-    split = make_split(Data2DConfig(name="spiral", noise=0, features=("x1", "x2", "sin x1", "sin x2")), CPU)
+def test_loss_falls_on_spiral(recorder) -> None:
+    split = make_split(Data2DConfig(name="spiral", noise=0, input_features=("x1", "x2", "sin x1", "sin x2")), CPU)
     res = train(MLPConfig(in_dim=4, hidden=(8, 8)), TrainConfig(optimizer="adam", lr=0.03), split.x_train,
-                split.y_train, split.x_test, split.y_test, epochs=150)
+                split.y_train, split.x_test, split.y_test, epochs=150, report=recorder)
     assert res.diverged is None
+    assert recorder.checkpoints == 150 and recorder.progress[0] == 1 / 150 and recorder.progress[-1] == 1.0
+    assert recorder.messages[-1] == "epoch 150 of 150"
     assert res.history.train_loss[-1] < 0.5 * res.history.train_loss[0]
     assert res.history.train_acc[-1] > 0.8
 
 
 def test_huge_learning_rate_stops_with_divergence_message() -> None:
-    split = make_split(Data2DConfig(name="circle", features=("x1", "x2", "x1^2", "x2^2")), CPU)
+    split = make_split(Data2DConfig(name="circle", input_features=("x1", "x2", "x1^2", "x2^2")), CPU)
     tr = Trainer(MLPConfig(in_dim=4, out_dim=2, hidden=(8,), activation="relu"), TrainConfig(lr=10.0, loss="mse"),
                  split.x_train, split.y_train)
     with pytest.raises(Diverged) as info:

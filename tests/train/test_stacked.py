@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from explorer.core.config import ConfigError
-from explorer.train.stacked import MODELS, BatchConfig, BatchedTrainer, ModelSpec, build_mlp, train_batched
+from explorer.nets.small import NetConfig
+from explorer.train.stacked import BatchConfig, BatchedTrainer, ModelSpec, train_batched
 
 CPU = torch.device("cpu")
 
@@ -21,6 +22,11 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _cnn(channels: int, depth: int) -> NetConfig:
+    """The memorisation lab's small CNN: conv stages straight into the output layer."""
+    return NetConfig("small_cnn", channels=channels, depth=depth, hidden_fc=False)
 
 
 def _independent(spec: ModelSpec, cfg: BatchConfig, k: int, x, y, epochs: int) -> list[dict]:
@@ -52,7 +58,7 @@ def _independent(spec: ModelSpec, cfg: BatchConfig, k: int, x, y, epochs: int) -
 def test_mlp_matches_independent_optimizers(optimizer, same_init):
     torch.manual_seed(1)
     k, n = 3, 96
-    spec = ModelSpec("mlp", (12,), 4, width=16, depth=2)
+    spec = ModelSpec(NetConfig("mlp", width=16, depth=2), (12,), 4)
     cfg = BatchConfig(optimizer=optimizer, lr=0.05 if optimizer != "adam" else 0.01, batch_size=20,
                       epochs=3, same_init=same_init, weight_decay=1e-3, seed=5, init_seed=7)
     x = torch.randn(n, 12)
@@ -69,7 +75,7 @@ def test_mlp_matches_independent_optimizers(optimizer, same_init):
 def test_cnn_vmap_path_per_model_inputs_matches_independent():
     torch.manual_seed(2)
     k, n = 2, 24
-    spec = ModelSpec("small_cnn", (1, 8, 8), 3, width=4, depth=2)
+    spec = ModelSpec(_cnn(4, 2), (1, 8, 8), 3)
     cfg = BatchConfig(optimizer="momentum", lr=0.05, batch_size=8, epochs=2, same_init=False)
     x = torch.rand(k, n, 1, 8, 8)
     y = torch.randint(0, 3, (k, n))
@@ -81,30 +87,32 @@ def test_cnn_vmap_path_per_model_inputs_matches_independent():
             torch.testing.assert_close(res.trainer.state(i)[name], t, rtol=1e-4, atol=1e-5)
 
 
-def test_metrics_shapes_and_uint8_images():
+def test_metrics_shapes_and_uint8_images(recorder):
     k = 2
-    spec = ModelSpec("small_cnn", (3, 8, 8), 10, width=4, depth=1)
+    spec = ModelSpec(_cnn(4, 1), (3, 8, 8), 10)
     x = torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8)
     y = torch.randint(0, 10, (30,))
     xt = torch.randint(0, 256, (k, 10, 3, 8, 8), dtype=torch.uint8)
     yt = torch.randint(0, 10, (k, 10))
     seen = []
     res = train_batched(spec, BatchConfig(epochs=2, eval_chunk=7), k, x, y, xt, yt,
-                        on_epoch=lambda e, m: seen.append((e, m)), checkpoint=lambda: None, device=CPU)
+                        on_epoch=lambda e, m: seen.append((e, m)), report=recorder, device=CPU)
     assert [e for e, _ in seen] == [1, 2] and res.history.epoch == [1, 2]
+    assert recorder.checkpoints == 2 and recorder.progress == [0.5, 1.0]
+    assert recorder.messages == ["epoch 1 of at most 2", "epoch 2 of at most 2"]
     for name in ("train_loss", "train_err", "test_loss", "test_err"):
         assert len(getattr(res.history, name)) == k and len(getattr(res.history, name)[0]) == 2
         assert all(0 <= v < 100 for v in seen[-1][1][name])
 
 
 def test_chunked_evaluation_is_exact():
-    spec = ModelSpec("mlp", (5,), 3, width=8, depth=1)
+    spec = ModelSpec(NetConfig("mlp", width=8, depth=1), (5,), 3)
     x, y = torch.randn(50, 5), torch.randint(0, 3, (2, 50))
     a = BatchedTrainer(spec, BatchConfig(eval_chunk=7), 2, x, y, device=CPU)
     b = BatchedTrainer(spec, BatchConfig(eval_chunk=1000), 2, x, y, device=CPU)
     for u, v in zip(a._evaluate_set(a.x, True, a.y), b._evaluate_set(b.x, True, b.y)):
         torch.testing.assert_close(u, v)
-    ref = build_mlp((5,), 3, 8, 1)
+    ref = spec.build()
     ref.load_state_dict(a.state(0))
     loss, err = a._evaluate_set(a.x, True, a.y)
     torch.testing.assert_close(loss[0], F.cross_entropy(ref(x), y[0]))
@@ -112,7 +120,7 @@ def test_chunked_evaluation_is_exact():
 
 
 def test_one_diverging_model_leaves_the_others():
-    spec = ModelSpec("mlp", (4,), 2, width=8, depth=1)
+    spec = ModelSpec(NetConfig("mlp", width=8, depth=1), (4,), 2)
     x = torch.randn(40, 4)
     y = torch.randint(0, 2, (3, 40))
     x_per = x.expand(3, -1, -1).clone()
@@ -131,18 +139,19 @@ def test_bad_settings_are_refused():
         BatchConfig(lr=100.0)
     with pytest.raises(ConfigError, match="optimizer"):
         BatchConfig(optimizer="lbfgs")
-    with pytest.raises(ConfigError, match="model"):
-        ModelSpec(name="transformer")
-    spec = ModelSpec("mlp", (4,), 2, width=8)
+    with pytest.raises(ConfigError, match="network"):
+        NetConfig(arch="transformer")
+    with pytest.raises(ConfigError, match="dropout"):
+        ModelSpec(NetConfig(dropout=0.5))
+    spec = ModelSpec(NetConfig("mlp", width=8), (4,), 2)
     with pytest.raises(ConfigError, match="shape"):
         BatchedTrainer(spec, BatchConfig(), 2, torch.randn(10, 5), torch.zeros(10, dtype=torch.long))
     with pytest.raises(ConfigError, match="examples"):
         BatchedTrainer(spec, BatchConfig(), 2, torch.randn(10, 4), torch.zeros(9, dtype=torch.long))
 
 
-def test_registry_and_param_count():
-    assert {"mlp", "small_cnn"} <= set(MODELS)
-    spec = ModelSpec("mlp", (40,), 10, width=32, depth=2)
+def test_param_count_and_cnn_shapes():
+    spec = ModelSpec(NetConfig("mlp", width=32, depth=2), (40,), 10)
     assert spec.num_params == 40 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
-    cnn = ModelSpec("small_cnn", (3, 32, 32), 10, width=8, depth=3)
+    cnn = ModelSpec(_cnn(8, 3), (3, 32, 32), 10)
     assert cnn.build()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

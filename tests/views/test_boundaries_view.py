@@ -85,7 +85,7 @@ def test_url_settings_are_applied() -> None:
     assert not at.exception
     cfg = _run(at).cfg
     assert cfg.data.name == "xor" and cfg.model.hidden == (4, 3) and cfg.model.activation == "relu"
-    assert cfg.train.lr == 0.1 and cfg.train.optimizer == "adam" and cfg.data.features == ("x1", "x2", "x1*x2")
+    assert cfg.train.lr == 0.1 and cfg.train.optimizer == "adam" and cfg.data.input_features == ("x1", "x2", "x1*x2")
 
 
 @pytest.mark.parametrize("params, fragment", [

@@ -1,4 +1,4 @@
-"""The Data page: loads, draws balance and gallery, refuses bad links, falls back, computes maps (pixels, features)."""
+"""The Data page: loads, draws balance and gallery, refuses bad links, falls back, computes maps (pixels, models)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ from streamlit.testing.v1 import AppTest
 
 from explorer.core.jobs import default_runner
 from explorer.data import datasets as D
-from explorer.labs.data_maps import feature_models as FM
+from explorer.labs.data_maps import representations as R
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "datasets"
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_cache) -> None:
     """Own cache; the shared data folder when present; no downloads."""
-    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("EXPLORER_DATA_DIR", str(SHARED if SHARED.is_dir() else tmp_path / "data"))
     monkeypatch.setenv("EXPLORER_OFFLINE", "1")
     D._memo.clear()
@@ -47,35 +46,37 @@ def test_digits_page_draws_balance_gallery_and_a_pca_map() -> None:
     assert at.get("download_button") and any("trustworthiness" in c.value for c in at.caption)
 
 
-def test_feature_model_trained_on_the_page_becomes_the_embedded_feature_space() -> None:
+def test_representation_net_trained_on_the_page_becomes_the_embedding_space() -> None:
     at = _page(dataset="digits", method="pca", points="300")
     assert not at.exception
-    assert at.selectbox(key="data_features").options == ["Raw pixels"]
+    assert at.selectbox(key="data_space").options == ["Raw pixels"]
     at.slider(key="data_fm_epochs").set_value(2).run()
     before = {j.id for j in default_runner().jobs()}  # earlier tests in this process leave jobs behind
     at.button(key="data_fm_train").click().run()
     assert not at.exception
-    job = next(j for j in default_runner().jobs() if j.name == "feature net digits" and j.id not in before)
+    job = next(j for j in default_runner().jobs() if j.name == "representation net digits" and j.id not in before)
     assert job.wait(120), job.state
     at.run()
     assert not at.exception
     ref = job.result.ref
-    assert at.selectbox(key="data_features").value == ref and ref.startswith("model:feature_net:")
-    assert any("2 epochs" in o for o in at.selectbox(key="data_features").options)
+    assert at.selectbox(key="data_space").value == ref and ref.startswith("model:representation_net:")
+    assert any("2 epochs" in o for o in at.selectbox(key="data_space").options)
     before = {j.id for j in default_runner().jobs()}
     at.button(key="data_compute").click().run()
     map_job = next(j for j in default_runner().jobs() if j.name.startswith("map digits") and j.id not in before)
     assert map_job.wait(60)
     at.run()
     assert not at.exception and not at.error
-    assert any(c.value.startswith("features of Feature net") for c in at.caption)
-    assert any(f"--features {ref}" in c.value for c in at.caption)
+    assert any(c.value.startswith("embedding space: Representation net: MLP") for c in at.caption)
+    assert any(f"--space {ref}" in c.value for c in at.caption)
+    shared = _page(dataset="digits", method="pca", points="300", features=ref)  # links keep their ?features=
+    assert not shared.exception and shared.selectbox(key="data_space").value == ref
 
 
 def test_links_naming_missing_or_malformed_models_get_messages() -> None:
-    at = _page(dataset="digits", features=FM.make_ref(FM.NET_KIND, "c" * 64))
-    assert not at.exception and "no cached feature_net model" in at.warning[0].value
-    assert at.selectbox(key="data_features").value == "pixels"
+    at = _page(dataset="digits", features=R.make_ref(R.NET_KIND, "c" * 64))
+    assert not at.exception and "no cached representation_net model" in at.warning[0].value
+    assert at.selectbox(key="data_space").value == "pixels"
     at = _page(dataset="digits", features="model:nonsense")
     assert not at.exception and "refused" in at.error[0].value
 

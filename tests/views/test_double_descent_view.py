@@ -28,12 +28,12 @@ seeds = [0, 1]
 
 @pytest.fixture(scope="module")
 def sweep_key(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("dd_cache")
+    cache = Cache(tmp_path_factory.mktemp("dd_cache"))
     mp = pytest.MonkeyPatch()
-    mp.setenv("EXPLORER_CACHE_DIR", str(root))
-    res = run_sweep(parse_spec(SPEC), cache=Cache(root))
+    mp.setattr("views.widgets.app_cache", lambda: cache)  # the page lists the sweeps of this cache
+    res = run_sweep(parse_spec(SPEC), cache=cache)
     run_sweep(parse_spec(SPEC.replace('"page-test"', '"page-test-long"').replace("epochs = 3", "epochs = 4")),
-              cache=Cache(root))
+              cache=cache)
     yield res.entry.key
     mp.undo()
 

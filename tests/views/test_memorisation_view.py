@@ -63,8 +63,7 @@ def test_bad_links_and_settings_get_a_message():
     assert not at.exception
 
 
-def test_training_runs_as_a_job_and_shows_the_fit_table(monkeypatch, tmp_path):
-    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
+def test_training_runs_as_a_job_and_shows_the_fit_table(page_cache):
     at = _app(n_train="60", width="32", max_epochs="3")
     at.multiselect(key="mem_modes").set_value(["true_labels", "random_labels"]).run()
     at.button(key="mem_train").click().run()

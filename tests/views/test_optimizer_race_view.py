@@ -56,9 +56,8 @@ def test_bad_settings_and_links_get_a_message() -> None:
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="shared datasets folder absent")
-def test_task_race_runs_as_a_job_and_shows_the_table(monkeypatch, tmp_path) -> None:
+def test_task_race_runs_as_a_job_and_shows_the_table(monkeypatch, page_cache) -> None:
     monkeypatch.setenv("EXPLORER_DATA_DIR", str(DATA))
-    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
     at = _app()
     at.multiselect(key="opt_kinds").set_value(["sgd", "adam"])
     at.number_input(key="opt_t_n").set_value(300)

@@ -14,9 +14,10 @@ from explorer.core.cache import Cache
 from explorer.core.config import ConfigError, check_range
 from explorer.core.device import get_device
 from explorer.core.jobs import JobContext
-from explorer.data.toy2d import DOMAIN, Data2DConfig, Points, featurize, make_split, task_of
+from explorer.data.toy2d import DOMAIN, Data2DConfig, Points, input_features, make_split, task_of
 from explorer.nets.mlp import MLPConfig
-from explorer.train.single_mlp import Diverged, History, TrainConfig, Trainer
+from explorer.train.evaluate import Diverged
+from explorer.train.single_mlp import RunHistory, TrainConfig, Trainer
 
 CACHE_KIND = "playground"
 GRID = 64  # boundary resolution (GRID x GRID network evaluations per frame)
@@ -37,12 +38,13 @@ class PlaygroundConfig:
 
     def __post_init__(self) -> None:
         check_range("epochs", self.epochs, 1, 100_000, integer=True)
-        if self.model.in_dim != len(self.data.features):
-            raise ConfigError(f"the network has {self.model.in_dim} inputs for {len(self.data.features)} features")
+        if self.model.in_dim != len(self.data.input_features):
+            raise ConfigError(f"the network has {self.model.in_dim} inputs for "
+                              f"{len(self.data.input_features)} input features")
 
 
 def build_config(*, dataset: str = "spiral", noise: int = 0, train_ratio: int = 50, n_points: int = 500,
-                 data_seed: int = 0, features: tuple[str, ...] = ("x1", "x2"), hidden: tuple[int, ...] = (8, 8),
+                 data_seed: int = 0, input_features: tuple[str, ...] = ("x1", "x2"), hidden: tuple[int, ...] = (8, 8),
                  activation: str = "tanh", batch_norm: bool = False, dropout: float = 0.0,
                  regularization: str = "none", reg_rate: float = 0.0, loss: str = "cross_entropy",
                  optimizer: str = "sgd", lr: float = 0.03, batch_size: int = 10, seed: int = 0,
@@ -51,7 +53,7 @@ def build_config(*, dataset: str = "spiral", noise: int = 0, train_ratio: int = 
     if regularization not in ("none", "L1", "L2"):
         raise ConfigError(f"regularization must be none, L1 or L2; got {regularization!r}")
     data = Data2DConfig(name=dataset, noise=noise, train_ratio=train_ratio, n_points=n_points, seed=data_seed,
-                        features=tuple(features), upload_sha=upload_sha)
+                        input_features=tuple(input_features), upload_sha=upload_sha)
     if dataset == "upload":
         if upload is None:
             raise ConfigError("upload a CSV file first")
@@ -62,7 +64,7 @@ def build_config(*, dataset: str = "spiral", noise: int = 0, train_ratio: int = 
     if task == "regression":
         loss = "mse"
     out_dim = classes if task == "classification" else 1
-    model = MLPConfig(in_dim=len(features), out_dim=out_dim, hidden=tuple(hidden), activation=activation,
+    model = MLPConfig(in_dim=len(input_features), out_dim=out_dim, hidden=tuple(hidden), activation=activation,
                       batch_norm=batch_norm, dropout=dropout)
     tr = TrainConfig(optimizer=optimizer, lr=lr, batch_size=batch_size, loss=loss,
                      l1=reg_rate if regularization == "L1" else 0.0, l2=reg_rate if regularization == "L2" else 0.0,
@@ -101,16 +103,16 @@ def _grid_points(n: int) -> torch.Tensor:
 class PlaygroundRun:
     """One run of the playground: owns the trainer; the page talks to it through thread-safe setters."""
 
-    def __init__(self, cfg: PlaygroundConfig, upload: Points | None = None, *, device: torch.device | None = None,
-                 cache: Cache | None = None, use_cache: bool = True):
+    def __init__(self, cfg: PlaygroundConfig, upload: Points | None = None, *, cache: Cache,
+                 device: torch.device | None = None, use_cache: bool = True):
         self.cfg = cfg
         self.device = device or get_device()
-        self.cache = cache or Cache()
+        self.cache = cache
         self.split = make_split(cfg.data, self.device, upload)
         self.trainer = Trainer(cfg.model, cfg.train, self.split.x_train, self.split.y_train, self.split.x_test,
                                self.split.y_test, task=self.split.task)
-        self._grid = featurize(_grid_points(GRID), cfg.data.features).to(self.device)
-        self._thumb_grid = featurize(_grid_points(THUMB), cfg.data.features).to(self.device)
+        self._grid = input_features(_grid_points(GRID), cfg.data.input_features).to(self.device)
+        self._thumb_grid = input_features(_grid_points(THUMB), cfg.data.input_features).to(self.device)
         self._lock = threading.Lock()
         self._pending_lr: float | None = None
         self.speed = 30.0
@@ -223,6 +225,6 @@ class PlaygroundRun:
                         from_cache=self.from_cache, cache_meta=self.cache_meta)
 
 
-def _history_from(metrics: dict) -> History:
-    return History(**{k: list(metrics.get(k, [])) for k in ("epoch", "train_loss", "test_loss", "train_acc",
+def _history_from(metrics: dict) -> RunHistory:
+    return RunHistory(**{k: list(metrics.get(k, [])) for k in ("epoch", "train_loss", "test_loss", "train_acc",
                                                              "test_acc")})

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from explorer.core.cache import default_cache
 from explorer.core.config import ConfigError
+from explorer.core.report import TerminalReporter
 from explorer.data import datasets as D
 from explorer.labs.data_maps import embed as E
 
@@ -24,19 +26,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--iterations", type=int, default=d.n_iter)
     ap.add_argument("--neighbors", type=int, default=d.n_neighbors)
     ap.add_argument("--min-dist", type=float, default=d.min_dist)
-    ap.add_argument("--features", default=d.features,
-                    help="pixels, or model:<kind>:<key> from `python -m explorer features list|train`")
+    ap.add_argument("--space", default=d.space, help="embedding space: pixels, or model:<kind>:<key> from "
+                                                     "`python -m explorer spaces list|train`")
     ap.add_argument("--csv", type=Path, help="also write the coordinates to this CSV file")
     args = ap.parse_args(argv)
     try:
         cfg = E.MapConfig(dataset=args.dataset, split=args.split, method=args.method, n_points=args.points,
                           seed=args.seed, perplexity=args.perplexity, n_iter=args.iterations,
-                          n_neighbors=args.neighbors, min_dist=args.min_dist, features=args.features)
-        result = E.compute_map(cfg, lambda p: print(f"\r{p.stage}: {p.message[:70]:70s}", end="", file=sys.stderr))
+                          n_neighbors=args.neighbors, min_dist=args.min_dist, space=args.space)
+        with TerminalReporter() as report:
+            result = E.compute_map(cfg, default_cache(), report)
     except (ConfigError, D.DatasetUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(file=sys.stderr)
     print(f"map cached at {result.entry.path}; trustworthiness {result.metrics['trustworthiness']:.3f}")
     if args.csv:
         args.csv.write_text(E.coords_csv(result))

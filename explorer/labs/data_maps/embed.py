@@ -5,9 +5,10 @@ on the device, exact neighbours on those 50 dimensions (faster than approximate 
 size), PCA initialisation, the usual early exaggeration, then openTSNE's FFT gradients (Barnes-Hut
 below FFT_FROM points) for at most `n_iter` iterations that stop early once the standardised
 embedding no longer moves.
-What is embedded is raw pixels (a FEATURES key) or the feature layer of a cached trained model
-(`features="model:<kind>:<cache key>"`, explorer.labs.data_maps.feature_models); the model's key is part of the map's.
-Intermediate embeddings go to an `on_progress` callback so a page can show the map forming.
+What is embedded is the map's *embedding space*: raw pixels (a RAW_SPACES key) or the representations (the
+penultimate-layer activations) of a cached trained model (`space="model:<kind>:<cache key>"`,
+explorer.labs.data_maps.representations); the model's key is part of the map's.
+Progress and intermediate embeddings (the snapshots) go to a Reporter, so a page can show the map forming.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch
 from explorer.core.cache import Cache, ComputeResult, Entry
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
+from explorer.core.report import SILENT, Reporter
 from explorer.data import datasets as D
-from explorer.labs.data_maps import feature_models as FM
+from explorer.labs.data_maps import representations as R
 
 MAX_POINTS = 20_000  # server-side cap on the number of points embedded
 PCA_DIMS = 50  # dimensions kept before neighbour search (t-SNE, UMAP)
@@ -49,7 +51,7 @@ class MapConfig:
     dataset: str = "fashion_mnist"  # a datasets.NAMES key or folder:<path>
     split: str = "test"
     method: str = "tsne"  # tsne | umap | pca
-    features: str = "pixels"  # what is embedded: a FEATURES key, or model:<kind>:<cache key> (explorer.labs.data_maps.feature_models)
+    space: str = "pixels"  # embedding space: a RAW_SPACES key, or model:<kind>:<cache key> (its representations)
     n_points: int = 2000  # points embedded (a seeded subset; all if the split is smaller)
     seed: int = 0  # picks the subset and seeds the method
     perplexity: float = 30.0  # t-SNE: effective number of neighbours
@@ -61,10 +63,10 @@ class MapConfig:
         D.check_name("dataset", self.dataset)
         check_choice("split", self.split, D.SPLITS)
         check_choice("method", self.method, METHODS)
-        if FM.is_model_ref(self.features):
-            FM.parse_ref(self.features)  # well formed; whether the model exists and fits is checked on use
+        if R.is_model_ref(self.space):
+            R.parse_ref(self.space)  # well formed; whether the model exists and fits is checked on use
         else:
-            check_choice("features", self.features, [*FEATURES, "model:<kind>:<cache key>"])
+            check_choice("embedding space", self.space, [*RAW_SPACES, "model:<kind>:<cache key>"])
         check_range("n_points", self.n_points, 50, MAX_POINTS, integer=True)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
         check_range("perplexity", self.perplexity, 2, 100)
@@ -86,16 +88,6 @@ class MapConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Progress:
-    """What a running map reports: stage, fraction done, a message with ETA, maybe coordinates."""
-
-    stage: str
-    fraction: float
-    message: str
-    coords: np.ndarray | None = None  # (n, 2) float32 intermediate embedding
-
-
-@dataclasses.dataclass(frozen=True)
 class MapResult:
     """A finished map: coordinates, which examples they are, labels, and quality figures."""
 
@@ -108,27 +100,24 @@ class MapResult:
     entry: Entry | None = None  # the cache entry (provenance), None when not cached
 
 
-OnProgress = Callable[[Progress], None]
-
-
 def _pixels(ds: D.ArrayDataset, index: torch.Tensor) -> torch.Tensor:
     """Raw inputs, flattened: (n, C*H*W) or (n, L), float32."""
     return D.ArrayDataset(ds.name, ds.x[index], ds.y[index], ds.classes).to_float().reshape(len(index), -1)
 
 
-FEATURES: dict[str, Callable[[D.ArrayDataset, torch.Tensor], torch.Tensor]] = {"pixels": _pixels}
+RAW_SPACES: dict[str, Callable[[D.ArrayDataset, torch.Tensor], torch.Tensor]] = {"pixels": _pixels}
 
 
-def register_features(name: str, fn: Callable[[D.ArrayDataset, torch.Tensor], torch.Tensor]) -> None:
-    """Make another feature space available to maps, e.g. a trained model's penultimate layer."""
-    FEATURES[name] = fn
+def register_space(name: str, fn: Callable[[D.ArrayDataset, torch.Tensor], torch.Tensor]) -> None:
+    """Make another embedding space computed from the inputs alone available to maps (as "pixels" is)."""
+    RAW_SPACES[name] = fn
 
 
-def features_of(cfg: MapConfig, ds: D.ArrayDataset, index: torch.Tensor) -> torch.Tensor:
-    """What the map embeds for the examples `index`: (n, d) float32; a model refused raises FeatureModelError."""
-    if FM.is_model_ref(cfg.features):
-        return FM.model_features(cfg.features, ds, index)
-    return FEATURES[cfg.features](ds, index)
+def space_vectors(cfg: MapConfig, ds: D.ArrayDataset, index: torch.Tensor, cache: Cache) -> torch.Tensor:
+    """The examples `index` in the map's embedding space: (n, d) float32; a model refused raises ModelSpaceError."""
+    if R.is_model_ref(cfg.space):
+        return R.representations(cfg.space, ds, index, cache)
+    return RAW_SPACES[cfg.space](ds, index)
 
 
 def point_index(n_total: int, n_points: int, seed: int) -> torch.Tensor:
@@ -154,6 +143,12 @@ def pca(x: torch.Tensor, dims: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return z.float().cpu().numpy(), ratio.cpu().numpy()
 
 
+def _tell(report: Reporter, fraction: float, message: str, coords: np.ndarray | None = None) -> None:
+    """Checkpoint (a cancelled job stops between chunks of work), then publish; coords: the (n, 2) map so far."""
+    report.checkpoint()
+    report.publish(coords, progress=fraction, message=message)
+
+
 class _Clock:
     """Turns fractions done into 'about N s left' messages."""
 
@@ -168,13 +163,13 @@ class _Clock:
         return f"{elapsed:.0f} s elapsed, about {elapsed * (1 - fraction) / fraction:.0f} s left"
 
 
-def tsne(z: np.ndarray, cfg: MapConfig, on_progress: OnProgress | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def tsne(z: np.ndarray, cfg: MapConfig, report: Reporter = SILENT) -> tuple[np.ndarray, dict[str, Any]]:
     """The fast t-SNE pipeline on PCA-reduced inputs z (n, d): returns (n, 2) and run figures."""
     from openTSNE import TSNEEmbedding, affinity, initialization
 
-    clock, report = _Clock(), on_progress or (lambda p: None)
+    clock = _Clock()
     total = EARLY_ITERS + cfg.n_iter
-    report(Progress("neighbours", 0.05, "finding neighbours"))
+    _tell(report, 0.05, "finding neighbours")
     small = len(z) < FFT_FROM
     jobs = 1 if small else THREADS
     aff = affinity.PerplexityBasedNN(z, perplexity=cfg.perplexity, method="exact", n_jobs=jobs,
@@ -201,8 +196,7 @@ def tsne(z: np.ndarray, cfg: MapConfig, on_progress: OnProgress | None = None) -
                     stop = float(np.sqrt(((now - state["previous"]) ** 2).sum(1).mean())) < CONVERGED_RMS
                 state["previous"] = now
             state["converged"] = stop
-            report(Progress("optimising", fraction,
-                            f"iteration {state['done']}/{total}, KL {error:.3f}; {clock.eta(fraction)}", y))
+            _tell(report, fraction, f"iteration {state['done']}/{total}, KL {error:.3f}; {clock.eta(fraction)}", y)
             return stop
 
         return on_chunk
@@ -216,14 +210,14 @@ def tsne(z: np.ndarray, cfg: MapConfig, on_progress: OnProgress | None = None) -
 
 
 class _EpochReports:
-    """A file for umap-learn's tqdm bar: each refresh ("done/total") becomes a Progress with an ETA.
+    """A file for umap-learn's tqdm bar: each refresh ("done/total") becomes a report with an ETA.
 
     umap-learn has no callback and keeps its embedding local while it optimises, so there are no
     honest intermediate maps to show (its `n_epochs` list returns them only after the fit); its
     progress bar is the one live signal. A report that raises (a cancelled job) stops the fit.
     """
 
-    def __init__(self, report: OnProgress) -> None:
+    def __init__(self, report: Reporter) -> None:
         self.report, self.clock = report, None  # the clock starts at epoch 0, after the neighbour graph
 
     def write(self, text: str) -> None:
@@ -233,19 +227,18 @@ class _EpochReports:
             return
         done, total = int(m.group(1)), int(m.group(2))
         self.clock = self.clock or _Clock()
-        self.report(Progress("optimising", 0.3 + 0.7 * done / total, f"epoch {done}/{total} (UMAP shows no "
-                                                                    f"intermediate maps); {self.clock.eta(done / total)}"))
+        _tell(self.report, 0.3 + 0.7 * done / total,
+              f"epoch {done}/{total} (UMAP shows no intermediate maps); {self.clock.eta(done / total)}")
 
     def flush(self) -> None:
         """Nothing is buffered."""
 
 
-def umap(z: np.ndarray, cfg: MapConfig, on_progress: OnProgress | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def umap(z: np.ndarray, cfg: MapConfig, report: Reporter = SILENT) -> tuple[np.ndarray, dict[str, Any]]:
     """UMAP (umap-learn) on PCA-reduced inputs; seeded, so deterministic (and single-threaded)."""
     import umap as umap_learn
 
-    report = on_progress or (lambda p: None)
-    report(Progress("umap", 0.1, "building the neighbour graph (the first UMAP also compiles its kernels)"))
+    _tell(report, 0.1, "building the neighbour graph (the first UMAP also compiles its kernels)")
     bar = {"file": _EpochReports(report), "disable": False, "bar_format": "{n}/{total}", "mininterval": 0.25}
     reducer = umap_learn.UMAP(n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, random_state=cfg.seed,
                               tqdm_kwds=bar)
@@ -261,19 +254,18 @@ def _cache_key(cfg: MapConfig, n_total: int) -> dict[str, Any]:
     return {"map": dataclasses.asdict(cfg.canonical()), "n_total": n_total, "version": MAP_VERSION}
 
 
-def compute_map(cfg: MapConfig, on_progress: OnProgress | None = None, *, cache: Cache | None = None,
-                use_cache: bool = True) -> MapResult:
-    """The map for `cfg`, from the cache when it was computed before; raises DatasetUnavailable."""
+def compute_map(cfg: MapConfig, cache: Cache, report: Reporter = SILENT, *, use_cache: bool = True) -> MapResult:
+    """The map for `cfg`, from `cache` when it was computed before (`use_cache=False`: computed, not stored);
+    publishes progress and the map as it forms; raises DatasetUnavailable."""
     ds = D.load(cfg.dataset, cfg.split)
     index = point_index(len(ds), cfg.n_points, cfg.seed)
     key = _cache_key(cfg, len(ds))
-    report = on_progress or (lambda p: None)
 
     def compute() -> ComputeResult:
-        if FM.is_model_ref(cfg.features):
-            report(Progress("features", 0.01, "computing the model's features"))
-        x = features_of(cfg, ds, index)  # (n, d)
-        report(Progress("pca", 0.02, f"PCA of {x.shape[0]:,} x {x.shape[1]:,} inputs"))
+        if R.is_model_ref(cfg.space):
+            _tell(report, 0.01, "computing the model's representations")
+        x = space_vectors(cfg, ds, index, cache)  # (n, d)
+        _tell(report, 0.02, f"PCA of {x.shape[0]:,} x {x.shape[1]:,} inputs")
         z, ratio = pca(x, 2 if cfg.method == "pca" else PCA_DIMS, cfg.seed)
         metrics: dict[str, Any] = {"explained_variance": ratio.tolist(), "n_points": len(index)}
         if cfg.method == "pca":
@@ -286,24 +278,24 @@ def compute_map(cfg: MapConfig, on_progress: OnProgress | None = None, *, cache:
                                                         "index": index})
 
     if use_cache:
-        entry = (cache or Cache()).get_or_compute(CACHE_KIND, key, compute)
+        entry = cache.get_or_compute(CACHE_KIND, key, compute)
         t, metrics = entry.tensors(), entry.metrics
         coords = t["coords"].numpy()
     else:
         entry, result = None, compute()
         coords, metrics = result.tensors["coords"].numpy(), result.metrics
-    report(Progress("done", 1.0, "finished", coords))
+    _tell(report, 1.0, "finished", coords)
     return MapResult(cfg, coords, index.numpy(), ds.y[index].numpy(), ds.classes, metrics, entry)
 
 
-def cached_map(cfg: MapConfig, cache: Cache | None = None) -> MapResult | None:
+def cached_map(cfg: MapConfig, cache: Cache) -> MapResult | None:
     """The map for `cfg` if it is already in the cache, without computing anything."""
     try:
         ds = D.load(cfg.dataset, cfg.split)
     except D.DatasetUnavailable:
         return None
     key = _cache_key(cfg, len(ds))
-    entry = (cache or Cache()).get(CACHE_KIND, key)
+    entry = cache.get(CACHE_KIND, key)
     if entry is None:
         return None
     t = entry.tensors()
@@ -331,14 +323,10 @@ def coords_csv(result: MapResult) -> str:
     return "\n".join(rows) + "\n"
 
 
-def map_job(cfg: MapConfig) -> Callable[[Any], MapResult]:
+def map_job(cfg: MapConfig, cache: Cache) -> Callable[[Reporter], MapResult]:
     """A job function (explorer.core.jobs) computing the map and publishing each intermediate embedding."""
 
-    def run(ctx: Any) -> MapResult:
-        def on_progress(p: Progress) -> None:
-            ctx.checkpoint()  # a cancelled job stops between chunks of iterations
-            ctx.publish(p.coords, progress=p.fraction, message=p.message)
-
-        return compute_map(cfg, on_progress)
+    def run(ctx: Reporter) -> MapResult:
+        return compute_map(cfg, cache, ctx)
 
     return run

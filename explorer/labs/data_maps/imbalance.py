@@ -15,13 +15,13 @@ import torch
 from explorer.core.config import check_range
 from explorer.core.device import get_device
 from explorer.data import datasets as D
-from explorer.train.single_mlp import Diverged
+from explorer.train.evaluate import Diverged, diverged_message, first_nonfinite
 
 MAX_PER_CLASS = 2000  # server-side cap on training examples per class
 
 
 @dataclasses.dataclass(frozen=True)
-class RecallConfig:
+class ImbalanceConfig:
     """Balanced subset of `per_class` per class vs the same with `minority_class` cut to `minority`."""
 
     dataset: str = "digits"
@@ -55,10 +55,10 @@ def fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int, 
         loss.backward()
         opt.step()
         losses[step] = loss.detach()
-    bad = torch.nonzero(~torch.isfinite(losses)).flatten()  # one host sync for the whole run
-    if len(bad):
-        step = int(bad[0])
-        raise Diverged(f"the loss became non-finite at step {step}; lower the learning rate", step, 0)
+    [bad] = first_nonfinite(losses)  # one host sync for the whole run
+    if bad is not None:
+        step = bad + 1  # full batch: every step is an epoch
+        raise Diverged(diverged_message("softmax regression", step, lr=lr), step, step)
     return model
 
 
@@ -71,7 +71,7 @@ def per_class_recall(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n
     return (hits / total.clamp(min=1)).tolist()
 
 
-def recall_experiment(cfg: RecallConfig) -> dict[str, Any]:
+def compare_recall(cfg: ImbalanceConfig) -> dict[str, Any]:
     """Per-class test recall of a model trained on a balanced and on an imbalanced subset."""
     train, test = D.load(cfg.dataset, "train"), D.load(cfg.dataset, "test")
     if cfg.minority_class >= train.num_classes:

@@ -168,11 +168,11 @@ def features_around(n: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, min(MAX_FEATURES, round(n * r))) for r in AROUND}))
 
 
-def cached_run(cfg: RFConfig, cache: Cache | None = None) -> tuple[list[RFFit], Entry]:
+def cached_run(cfg: RFConfig, cache: Cache) -> tuple[list[RFFit], Entry]:
     """`run(cfg)` through the cache: the fits and the entry that records how they were computed."""
     def compute() -> ComputeResult:
         fits = run(cfg)
         return ComputeResult({"fits": [dataclasses.asdict(f) for f in fits]})
 
-    entry = (cache or Cache()).get_or_compute(RF_KIND, cfg, compute)
+    entry = cache.get_or_compute(RF_KIND, cfg, compute)
     return [RFFit(**f) for f in entry.metrics["fits"]], entry

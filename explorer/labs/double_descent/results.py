@@ -42,9 +42,9 @@ def summary_spec(entry: Entry) -> SweepSpec:
     return spec_from_dict(entry.config)
 
 
-def list_sweeps(cache: Cache | None = None) -> list[Entry]:
+def list_sweeps(cache: Cache) -> list[Entry]:
     """Every sweep summary in the cache (runtime and shipped), newest first."""
-    entries = (cache or Cache()).entries(SWEEP_KIND)
+    entries = cache.entries(SWEEP_KIND)
     return sorted(entries, key=lambda e: e.meta.get("created", ""), reverse=True)
 
 

@@ -13,15 +13,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from explorer.core.cache import Cache, Entry, to_plain
+from explorer.core.cache import Cache, Entry, default_cache, shipped_cache, to_plain
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import configure_allocator, describe_device
-from explorer.core.report import hms
+from explorer.core.report import SILENT, Reporter, TerminalReporter, part
 from explorer.data.datasets import DatasetUnavailable
 from explorer.labs.double_descent import random_features
 from explorer.labs.double_descent.spec import (MAX_GROUP, METRICS, POINT_KIND, RF_FAMILIES, SWEEP_KIND, Point,
@@ -63,12 +62,11 @@ def plan_groups(spec: SweepSpec, points: list[Point]) -> list[list[Point]]:
 
 
 def compute_points(spec: SweepSpec, points: list[Point], data: SweepData, *,
-                   on_epoch: Callable[[int], None] | None = None,
-                   checkpoint: Callable[[], None] | None = None) -> list[PointResult]:
+                   report: Reporter = SILENT) -> list[PointResult]:
     """A group's results: trained together (explorer.labs.double_descent.train), or random features in
     closed form."""
     if spec.trained:
-        return train_group(spec, points, data, on_epoch=on_epoch, checkpoint=checkpoint)
+        return train_group(spec, points, data, report=report)
     return [random_features.sweep_point(spec, p, data) for p in points]
 
 
@@ -79,13 +77,10 @@ def result_to_entry(spec: SweepSpec, r: PointResult) -> tuple[dict, dict, dict]:
     return metrics, r.checkpoints, meta
 
 
-def compute_group(spec: SweepSpec, group: list[Point], cache_root: str | None = None,
-                  on_epoch: Callable[[int], None] | None = None,
-                  checkpoint: Callable[[], None] | None = None) -> list[str]:
-    """Train one group and write each point's entry to the cache; returns the entry keys."""
-    cache = Cache(Path(cache_root)) if cache_root else Cache()
+def compute_group(spec: SweepSpec, group: list[Point], cache: Cache, report: Reporter = SILENT) -> list[str]:
+    """Train one group and write each point's entry to `cache`; returns the entry keys."""
     data = load_data(spec)
-    results = compute_points(spec, group, data, on_epoch=on_epoch, checkpoint=checkpoint)
+    results = compute_points(spec, group, data, report=report)
     keys = []
     for r in results:
         metrics, tensors, meta = result_to_entry(spec, r)
@@ -99,29 +94,32 @@ def _worker_init(threads: int) -> None:
     configure_allocator()
 
 
-class Progress:
-    """A one-line terminal progress bar with an ETA weighted by each group's estimated cost."""
+class SweepProgress:
+    """A sweep's progress, published to a Reporter: the share of the estimated cost done, and finished points."""
 
-    def __init__(self, total_cost: float, n_points: int, stream: Any = sys.stderr) -> None:
-        self.total, self.n_points, self.stream = max(total_cost, 1e-9), n_points, stream
-        self.done_cost, self.done_points, self.start = 0.0, 0, time.perf_counter()
-        self.partial = 0.0
+    def __init__(self, report: Reporter, costs: list[float], n_points: int, done_points: int) -> None:
+        self.report, self.total, self.n_points = report, sum(costs), n_points
+        self.done_points, self.done_cost = done_points, 0.0
+        self._publish()
 
-    def update(self, partial: float = 0.0, points: int = 0, cost: float = 0.0) -> str:
-        """Record progress (finished points and cost, plus cost done inside running groups) and draw."""
-        self.done_points += points
+    def running(self, cost: float) -> Reporter:
+        """The reporter of the group computed next (in this process): its epochs fill its share of the cost."""
+        lo = self._share(self.done_cost)
+        return part(self.report, lo, lo + self._share(cost))
+
+    def finished(self, group: list[Point], cost: float) -> None:
+        """Count a group's points and cost as done."""
+        self.done_points += len(group)
         self.done_cost += cost
-        self.partial = partial
-        frac = min((self.done_cost + partial) / self.total, 1.0) if self.total > 1e-9 else 1.0
-        el = time.perf_counter() - self.start
-        eta = el * (1 - frac) / frac if frac > 0 else float("nan")
-        bar = "#" * int(30 * frac)
-        line = (f"\r[{bar:<30}] {100 * frac:5.1f}%  {self.done_points}/{self.n_points} points  "
-                f"elapsed {hms(el)}  ETA {hms(eta)}")
-        if self.stream is not None:
-            self.stream.write(line)
-            self.stream.flush()
-        return line
+        self._publish()
+
+    def _share(self, cost: float) -> float:
+        """A cost as a fraction of the whole (all of it when nothing is left to compute)."""
+        return min(cost / self.total, 1.0) if self.total > 0 else 1.0
+
+    def _publish(self) -> None:
+        """Tell the reporter the share done and the count of finished points."""
+        self.report.publish(progress=self._share(self.done_cost), message=f"{self.done_points}/{self.n_points} points")
 
 
 @dataclass
@@ -134,54 +132,40 @@ class SweepResult:
     wall_time_s: float
 
 
-def run_sweep(spec: SweepSpec, *, backend: str = "local", workers: int = 1, cache: Cache | None = None,
-              on_progress: Callable[[float, str], None] | None = None,
-              checkpoint: Callable[[], None] | None = None, progress_stream: Any = None,
-              ray_gpus: float = 0.0) -> SweepResult:
-    """Compute every missing point (resume), then write and return the sweep's summary entry."""
+def run_sweep(spec: SweepSpec, *, cache: Cache, backend: str = "local", workers: int = 1,
+              report: Reporter = SILENT, ray_gpus: float = 0.0) -> SweepResult:
+    """Compute every missing point (resume), then write and return the sweep's summary entry.
+
+    `report` gets the share of the estimated cost done (weighted by each group's cost) and "k/n points".
+    """
     check_choice("backend", backend, BACKENDS)
     check_range("workers", workers, 1, 256, integer=True)
-    cache = cache or Cache()
     start = time.perf_counter()
     points = spec.points()
     missing = [p for p in points if cache.get(POINT_KIND, point_config(spec, p)) is None]
     groups = plan_groups(spec, missing)
     costs = [sum(point_cost(spec, p.width) for p in g) * (spec.epochs if spec.trained else 1) for g in groups]
-    bar = Progress(sum(costs), len(points), progress_stream)
-    bar.update(points=len(points) - len(missing))
-
-    def report(partial: float = 0.0, points_done: int = 0, cost: float = 0.0) -> None:
-        line = bar.update(partial, points_done, cost)
-        if on_progress is not None:
-            on_progress(min((bar.done_cost + partial) / bar.total, 1.0), line.strip())
-
-    BACKENDS[backend](spec, groups, costs, cache, workers, report, checkpoint, ray_gpus)
-    if progress_stream is not None:
-        progress_stream.write("\n")
+    progress = SweepProgress(report, costs, len(points), len(points) - len(missing))
+    BACKENDS[backend](spec, groups, costs, cache, workers, progress, ray_gpus)
     entry = write_summary(spec, cache, time.perf_counter() - start)
     return SweepResult(entry, len(missing), len(points) - len(missing), time.perf_counter() - start)
 
 
-def _run_local(spec, groups, costs, cache, workers, report, checkpoint, ray_gpus) -> None:
+def _run_local(spec, groups, costs, cache, workers, progress, ray_gpus) -> None:
     """Groups one after another in this process, or in `workers` processes sharing the cores."""
-    root = str(cache.root)
     if workers == 1:
         for g, cost in zip(groups, costs):
-            per_epoch = cost / (spec.epochs if spec.trained else 1)
-            compute_group(spec, g, root, on_epoch=lambda e, pe=per_epoch: report(partial=e * pe),
-                          checkpoint=checkpoint)
-            report(points_done=len(g), cost=cost)
+            compute_group(spec, g, cache, progress.running(cost))
+            progress.finished(g, cost)
         return
     threads = max(1, torch.get_num_threads() // workers)
     ctx = multiprocessing.get_context("spawn")
     with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        pending = {pool.submit(compute_group, spec, g, root): (g, c) for g, c in zip(groups, costs)}
+        pending = {pool.submit(compute_group, spec, g, cache): (g, c) for g, c in zip(groups, costs)}
         for fut in futures.as_completed(pending):
             fut.result()
-            g, cost = pending[fut]
-            report(points_done=len(g), cost=cost)
-            if checkpoint is not None:
-                checkpoint()
+            progress.finished(*pending[fut])
+            progress.report.checkpoint()
 
 
 def _ray_group(spec_dict: dict, group: list[tuple], cache_root: str) -> list[tuple[dict, dict, dict, dict]]:
@@ -196,7 +180,7 @@ def _ray_group(spec_dict: dict, group: list[tuple], cache_root: str) -> list[tup
     return out
 
 
-def _run_ray(spec, groups, costs, cache, workers, report, checkpoint, ray_gpus) -> None:
+def _run_ray(spec, groups, costs, cache, workers, progress, ray_gpus) -> None:
     """Each group is a Ray task (num_gpus=ray_gpus each); the driver writes the results to its cache."""
     import ray
 
@@ -214,10 +198,8 @@ def _run_ray(spec, groups, costs, cache, workers, report, checkpoint, ray_gpus) 
         ready, remaining = ray.wait(remaining, num_returns=1)
         for config, metrics, tensors, meta in ray.get(ready[0]):
             cache.put(POINT_KIND, config, metrics, {k: torch.from_numpy(v) for k, v in tensors.items()}, meta)
-        g, cost = refs[ready[0]]
-        report(points_done=len(g), cost=cost)
-        if checkpoint is not None:
-            checkpoint()
+        progress.finished(*refs[ready[0]])
+        progress.report.checkpoint()
 
 
 BACKENDS: dict[str, Callable[..., None]] = {"local": _run_local, "ray": _run_ray}
@@ -260,16 +242,17 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"sweep {spec.name}: {len(spec.points())} points on {describe_device()}", file=sys.stderr)
+    cache = default_cache()
     try:
-        res = run_sweep(spec, backend=args.backend, workers=args.workers, progress_stream=sys.stderr,
-                        ray_gpus=args.gpus_per_task)
+        with TerminalReporter() as report:
+            res = run_sweep(spec, cache=cache, backend=args.backend, workers=args.workers, report=report,
+                            ray_gpus=args.gpus_per_task)
     except DatasetUnavailable as err:
-        print(f"\nerror: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"done: {res.computed} points computed, {res.cached} found in the cache, "
           f"{res.wall_time_s:.1f} s; summary {res.entry.path}")
     if args.ship:
-        cache = Cache()
-        shipped = write_summary(spec, cache, res.entry.meta["wall_time_s"], Cache(cache.shipped_root))
+        shipped = write_summary(spec, cache, res.entry.meta["wall_time_s"], shipped_cache())
         print(f"shipped: {shipped.path}")
     return 0

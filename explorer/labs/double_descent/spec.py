@@ -20,6 +20,7 @@ from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.schedules import SCHEDULES
 from explorer.data import datasets
+from explorer.train.optimizers import supported_kinds
 
 POINT_KIND = "dd_point"
 SWEEP_KIND = "dd_sweep"
@@ -27,7 +28,7 @@ METRICS = ("train_err", "train_loss", "test_err", "test_loss", "test_err_noisy",
 TRAINED_FAMILIES = ("mlp", "cnn5", "resnet18")
 RF_FAMILIES = ("rf_relu", "rf_fourier")
 FAMILIES = TRAINED_FAMILIES + RF_FAMILIES
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZER_KINDS = supported_kinds("sgd", "momentum", "adam")  # what the grouped trainers implement
 AUGMENTS = ("none", "flip_crop")
 EVAL_CHUNK = 1024  # examples per evaluation forward, so evaluation never holds the whole set's activations
 MAX_POINTS = 2000
@@ -91,7 +92,7 @@ class SweepSpec:
         top = 20_000 if self.family in RF_FAMILIES else (1024 if self.family == "mlp" else 128)
         for w in self.widths:
             check_range(f"widths (for {self.family})", w, 1, top, integer=True)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, OPTIMIZER_KINDS)
         check_range("lr", self.lr, 1e-6, 10.0)
         check_range("momentum", self.momentum, 0.0, 0.999)
         check_range("weight_decay", self.weight_decay, 0.0, 1.0)

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from explorer.core.report import SILENT, Reporter
 from explorer.core.schedules import SCHEDULES
 from explorer.data.noise import noise_seed, noisy_labels
 from explorer.labs.double_descent.spec import EVAL_CHUNK, METRICS, Point, PointResult, SweepData, SweepSpec
 from explorer.nets import grouped as ddmodels
-
-aten = torch.ops.aten
+from explorer.train import fused_mlp
+from explorer.train.optimizers import config_for
+from explorer.train.evaluate import diverged_message, evaluate, first_nonfinite
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and random 4-pixel crop of a padded copy, as whole-batch tensor ops."""
@@ -36,127 +38,50 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 # ---------------------------------------------------------------- grouped training
 
-class _MLPFast:
-    """K zero-padded MLPs in -> h -> h -> out with a hand-written batched backward (tested vs autograd).
-
-    Built for the per-step overhead of small models: each layer's bias is the last row of its weight
-    matrix, fed by a constant-1 column appended to its input (prepare() appends it to the data, the ReLU
-    outputs are written next to a fixed column of ones), so a step is 3 + 2 + 3 batched matmuls with no
-    bias adds or bias-gradient sums. All weights live in one flat tensor and all gradients in another,
-    so the optimizer update is 2-3 element-wise ops instead of a loop over parameter tensors.
-    """
+class _FusedGroup:
+    """K zero-padded MLPs in -> h -> h -> out as one explorer.train.fused_mlp.FusedMLP (hand-written
+    backward), all weights in one flat tensor and all gradients in another, so the optimizer update is
+    2-3 element-wise ops (FlatOptimizer) instead of a loop over parameter tensors."""
 
     def __init__(self, widths: list[int], seeds: list[int], in_dim: int, classes: int, spec: SweepSpec,
                  device: torch.device) -> None:
         k, h = len(widths), max(widths)
-        self.shapes = [(k, in_dim + 1, h), (k, h + 1, h), (k, h + 1, classes)]  # weights with the bias row last
-        sizes = [math.prod(s) for s in self.shapes]
-        self.flat = torch.zeros(sum(sizes))
-        self.weights = [v.view(s) for v, s in zip(self.flat.split(sizes), self.shapes)]
+        self.dims = [in_dim, h, h, classes]
+        flat = torch.zeros(fused_mlp.flat_size(k, self.dims))
         for i, (w, s) in enumerate(zip(widths, seeds)):
-            g = torch.Generator().manual_seed(s * 7_777 + w)
-            for layer, (fan_in, rows, cols) in zip(self.weights, [(in_dim, in_dim, w), (w, w, w), (w, w, classes)]):
-                bound = 1.0 / math.sqrt(fan_in)
-                layer[i, :rows, :cols] = torch.empty(rows, cols).uniform_(-bound, bound, generator=g)
-                layer[i, -1, :cols] = torch.empty(cols).uniform_(-bound, bound, generator=g)
-        self.flat = self.flat.to(device)
-        self.weights = [v.view(s) for v, s in zip(self.flat.split(sizes), self.shapes)]
+            fused_mlp.init_model(fused_mlp.flat_layers(flat, k, self.dims), i, [in_dim, w, w, classes],
+                                 torch.Generator().manual_seed(s * 7_777 + w))
+        self.flat = flat.to(device)
         self.grad = torch.zeros_like(self.flat)
-        self.grads = [v.view(s) for v, s in zip(self.grad.split(sizes), self.shapes)]
-        self.spec, self.widths, self.classes, self.h = spec, widths, classes, h
-        self.buf = self.adam_m = self.adam_v = None
-        self.t = 0
-        self._acts: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def params(self) -> list[torch.Tensor]:
-        """Views [w1, b1, w2, b2, w3, b3] of the weights: w (K, in, out), b (K, 1, out)."""
-        return [t for w in self.weights for t in (w[:, :-1], w[:, -1:])]
+        self.layers = fused_mlp.flat_layers(self.flat, k, self.dims)
+        self.net = fused_mlp.FusedMLP(self.layers, fused_mlp.flat_layers(self.grad, k, self.dims))
+        self.opt = fused_mlp.FlatOptimizer(config_for(spec.optimizer, spec.lr, momentum=spec.momentum,
+                                                      weight_decay=spec.weight_decay), self.flat)
+        self.widths = widths
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Inputs (N, ...) -> (N, in + 1) with the constant-1 column the first layer's bias row multiplies."""
-        x = x.reshape(len(x), -1)
-        return torch.cat([x, torch.ones(len(x), 1, device=x.device, dtype=x.dtype)], 1)
-
-    def _act_buffers(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two (K, b, h + 1) buffers for the ReLU outputs (views of the largest batch's); the last column is 1."""
-        if self._acts is None or self._acts[0].shape[1] < b:
-            k = self.shapes[0][0]
-            self._acts = (torch.ones(k, b, self.h + 1, device=self.flat.device),
-                          torch.ones(k, b, self.h + 1, device=self.flat.device))
-        return self._acts[0][:, :b], self._acts[1][:, :b]
-
-    def _forward(self, xk: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """xk (K, B, in + 1) -> pre-activations h1, h2, ReLU outputs a1, a2 (with the 1-column), logits z."""
-        w1, w2, w3 = self.weights
-        a1, a2 = self._act_buffers(xk.shape[1])
-        h1 = torch.bmm(xk, w1)
-        torch.clamp_min(h1, 0, out=a1[..., :-1])
-        h2 = torch.bmm(a1, w2)
-        torch.clamp_min(h2, 0, out=a2[..., :-1])
-        return h1, h2, a1, a2, torch.bmm(a2, w3)
+        """Inputs (N, ...) -> (N, in + 1) rows ending in the constant-1 column the first layer's bias row multiplies."""
+        return self.net.prepare(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Prepared x (B, in + 1), shared -> (K, B, C)."""
-        return self._forward(x.expand(self.shapes[0][0], *x.shape))[-1]
+        return self.net.logits(x, classes_last=True)
 
-    def step(self, x: torch.Tensor, y1h: torch.Tensor, lr: float, witness: torch.Tensor | None = None) -> None:
-        """One step on prepared x (B, in + 1) with one-hot targets (K, B, C).
-
-        witness (K,), if given, receives the sum of each model's logits: it is non-finite when a logit is inf
-        or NaN, which is exactly when the stably computed cross-entropy is (short of logits near 1e35, where
-        the sum itself overflows: a diverged model in any case).
-        """
-        w1, w2, w3 = self.weights
-        bsz = x.shape[0]
-        xk = x.expand(w1.shape[0], *x.shape)  # (K, B, in + 1)
-        h1, h2, a1, a2, z = self._forward(xk)
-        if witness is not None:
-            torch.sum(z, (1, 2), out=witness)
-        e = (z - z.amax(-1, keepdim=True)).exp_()
-        s = e.sum(-1, keepdim=True)
-        g3 = e.div_(s).sub_(y1h).mul_(1.0 / bsz)  # dL/dz of the mean cross-entropy: softmax - onehot, / B
-        g2 = aten.threshold_backward(torch.bmm(g3, w3[:, :-1].transpose(1, 2)), h2, 0)  # (K, B, h); ReLU'
-        g1 = aten.threshold_backward(torch.bmm(g2, w2[:, :-1].transpose(1, 2)), h1, 0)
-        gw1, gw2, gw3 = self.grads
-        torch.bmm(a2.transpose(1, 2), g3, out=gw3)
-        torch.bmm(a1.transpose(1, 2), g2, out=gw2)
-        torch.bmm(xk.transpose(1, 2), g1, out=gw1)
-        self._update(lr)
-
-    def _update(self, lr: float) -> None:
-        """torch.optim's SGD / momentum / Adam arithmetic on the flat weights (element-wise)."""
-        spec, p, g = self.spec, self.flat, self.grad
-        if spec.weight_decay:
-            g.add_(p, alpha=spec.weight_decay)
-        if spec.optimizer == "adam":
-            self.t += 1
-            if self.adam_m is None:
-                self.adam_m, self.adam_v = torch.zeros_like(p), torch.zeros_like(p)
-            b1, b2, eps = 0.9, 0.999, 1e-8
-            self.adam_m.lerp_(g, 1 - b1)
-            self.adam_v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (self.adam_v.sqrt() / math.sqrt(1 - b2 ** self.t)).add_(eps)
-            p.addcdiv_(self.adam_m, denom, value=-lr / (1 - b1 ** self.t))
-            return
-        if spec.optimizer == "momentum":
-            if self.buf is None:
-                self.buf = g.clone()
-            else:
-                self.buf.mul_(spec.momentum).add_(g)
-            g = self.buf
-        p.add_(g, alpha=-lr)
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float, witness: torch.Tensor | None = None) -> None:
+        """One step on prepared x (B, in + 1) with labels y (K, B); witness (K,), if given, is non-finite
+        exactly when a model's loss is (FusedMLP.step)."""
+        self.net.step(x, y, witness=witness)
+        self.opt.step(self.grad, lr)
 
     def train(self, mode: bool) -> None:
         """No batch norm or dropout: nothing to switch."""
 
     def state(self, k: int) -> dict[str, torch.Tensor]:
-        """Model k's weights un-padded, under the names of ddmodels.GroupedMLP with K=1."""
+        """Model k's weights un-padded, under the names and shapes of ddmodels.GroupedMLP with K=1."""
         w = self.widths[k]
-        w1, b1, w2, b2, w3, b3 = (p[k:k + 1] for p in self.params)
-        return {"layers.0.weight": w1[:, :, :w].clone(), "layers.0.bias": b1[:, :, :w].clone(),
-                "layers.1.weight": w2[:, :w, :w].clone(), "layers.1.bias": b2[:, :, :w].clone(),
-                "layers.2.weight": w3[:, :w, :].clone(), "layers.2.bias": b3.clone()}
+        layers = fused_mlp.model_layers(self.layers, k, [self.dims[0], w, w, self.dims[-1]])
+        return {name: t for i, (wt, b) in enumerate(layers)
+                for name, t in ((f"layers.{i}.weight", wt[None].clone()), (f"layers.{i}.bias", b[None, None].clone()))}
 
 
 class _AutogradGroup:
@@ -186,14 +111,15 @@ class _AutogradGroup:
         """Inputs as the module takes them."""
         return x
 
-    def step(self, x: torch.Tensor, y1h: torch.Tensor, lr: float, witness: torch.Tensor | None = None) -> None:
-        """One step; the loss is the SUM of the K mean losses, so each model gets its own gradient.
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float, witness: torch.Tensor | None = None) -> None:
+        """One step with labels y (K, B); the loss is the SUM of the K mean losses, so each model gets its own
+        gradient.
 
         witness (K,), if given, receives each model's loss (finite exactly when the loss is)."""
         for group in self.opt.param_groups:
             group["lr"] = lr
         lp = torch.log_softmax(self.model(x), -1)  # (K, B, C)
-        loss = -(lp * y1h).sum((1, 2)) / x.shape[0]  # (K,)
+        loss = -(lp * F.one_hot(y, lp.shape[-1]).to(lp.dtype)).sum((1, 2)) / x.shape[0]  # (K,)
         self.opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         self.opt.step()
@@ -209,27 +135,12 @@ class _AutogradGroup:
         return ddmodels.unstack(self.model.state_dict(), self.k, k)
 
 
-@torch.no_grad()
-def _evaluate(net: Any, x: torch.Tensor, label_sets: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-model mean loss and error (device tensors (K,)) against each (K, N) label set, in chunks."""
-    k, n = label_sets[0].shape
-    sums = [(torch.zeros(k, device=x.device), torch.zeros(k, device=x.device)) for _ in label_sets]
-    for i in range(0, n, EVAL_CHUNK):
-        z = net.logits(x[i:i + EVAL_CHUNK]).float()  # (K, b, C)
-        m = z.amax(-1, keepdim=True)
-        lse = (z - m).exp_().sum(-1, keepdim=True).log_().add_(m).sum((1, 2))  # (K,): the loss is lse - z[y]
-        pred = z.argmax(-1)  # (K, b)
-        for (loss, wrong), ys in zip(sums, label_sets):
-            y = ys[:, i:i + EVAL_CHUNK]
-            loss += lse - z.gather(-1, y.unsqueeze(-1)).sum((1, 2))
-            wrong += (pred != y).sum(1)
-    return [(loss / n, wrong / n) for loss, wrong in sums]
-
-
 def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
-                on_epoch: Callable[[int], None] | None = None,
-                checkpoint: Callable[[], None] | None = None) -> list[PointResult]:
-    """Train the points together (one forward/backward per step for all); per-epoch metrics for each."""
+                report: Reporter = SILENT) -> list[PointResult]:
+    """Train the points together (one forward/backward per step for all); per-epoch metrics for each.
+
+    `report` gets a checkpoint before each epoch and the fraction of epochs done after it.
+    """
     if not spec.trained:
         raise ValueError(f"{spec.family} points are solved in closed form (random_features.sweep_point), not trained")
     device = data.x_train.device
@@ -238,14 +149,13 @@ def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
         raise ValueError("only MLP points of different widths can share a group")
     start = time.perf_counter()
     if spec.family == "mlp":
-        net: Any = _MLPFast([p.width for p in points], [p.seed for p in points], math.prod(data.in_shape), c,
-                            spec, device)
+        net: Any = _FusedGroup([p.width for p in points], [p.seed for p in points], math.prod(data.in_shape), c,
+                               spec, device)
     else:
         net = _AutogradGroup(spec.family, points[0].width, [p.seed for p in points], data, spec, device)
     y_tr = torch.stack([noisy_labels(data.y_train, p.noise, c, noise_seed(p.seed, p.noise)) for p in points])  # (K, N)
     y_te_noisy = torch.stack([noisy_labels(data.y_test, p.noise, c, noise_seed(p.seed, p.noise, 1)) for p in points])
     y_te = data.y_test.expand(k, -1)
-    y1h = F.one_hot(y_tr, c).float()  # (K, N, C)
     x_tr, x_te = net.prepare(data.x_train), net.prepare(data.x_test)
     order = torch.Generator().manual_seed(spec.data_seed)
     aug = torch.Generator().manual_seed(spec.data_seed + 1)
@@ -258,11 +168,10 @@ def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
     ckpts: list[dict[str, torch.Tensor]] = [{} for _ in points]
     steps_per_epoch = math.ceil(n / bs)
     for epoch in range(spec.epochs):
-        if checkpoint is not None:
-            checkpoint()
+        report.checkpoint()
         lr = spec.lr * SCHEDULES[spec.schedule](epoch, spec.epochs)
         perm = torch.randperm(n, generator=order).to(device)
-        xs, ys = x_tr[perm], y1h[:, perm]  # one shuffled copy per epoch; batches are views of it
+        xs, ys = x_tr[perm], y_tr[:, perm]  # one shuffled copy per epoch; batches are views of it
         losses = torch.empty(steps_per_epoch, k, device=device)  # per step: finite exactly when the loss is
         net.train(True)
         for s in range(steps_per_epoch):
@@ -270,17 +179,15 @@ def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
             if spec.augment == "flip_crop" and xb.dim() == 4:
                 xb = _augment(xb, aug)
             net.step(xb, ys[:, s * bs:(s + 1) * bs], lr, losses[s])
-        finite = torch.isfinite(losses).all(0).tolist()  # the one host sync of the epoch
-        for i, ok in enumerate(finite):
-            if not ok and diverged[i] is None:
-                bad = int((~torch.isfinite(losses[:, i])).nonzero()[0, 0])
-                diverged[i] = (f"loss became non-finite at step {epoch * steps_per_epoch + bad + 1} "
-                               f"(epoch {epoch + 1}); lr {spec.lr:g} is probably too high")
+        for i, (p, bad) in enumerate(zip(points, first_nonfinite(losses))):  # the one host sync of the epoch
+            if bad is not None and diverged[i] is None:
+                diverged[i] = diverged_message(f"width {p.width} (noise {p.noise:g}, seed {p.seed})",
+                                               epoch * steps_per_epoch + bad + 1, epoch + 1, spec.lr)
         e = epoch + 1
         if e in record:
             net.train(False)
-            [(tr_l, tr_e)] = _evaluate(net, x_tr, [y_tr])
-            (te_l, te_e), (tn_l, tn_e) = _evaluate(net, x_te, [y_te, y_te_noisy])
+            [(tr_l, tr_e)] = evaluate(net.logits, x_tr, [y_tr], EVAL_CHUNK)
+            (te_l, te_e), (tn_l, tn_e) = evaluate(net.logits, x_te, [y_te, y_te_noisy], EVAL_CHUNK)
             vals = torch.stack([tr_e, tr_l, te_e, te_l, tn_e, tn_l]).tolist()  # (6, K)
             epochs.append(e)
             for m, row in zip(METRICS, vals):
@@ -289,8 +196,7 @@ def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
         if e in keep:
             for i in range(k):
                 ckpts[i].update({f"epoch{e}/{name}": t.cpu() for name, t in net.state(i).items()})
-        if on_epoch is not None:
-            on_epoch(e)
+        report.publish(progress=e / spec.epochs)
     wall = time.perf_counter() - start
     return [PointResult(p, epochs, {m: hist[m][i] for m in METRICS},
                         ddmodels.param_count(spec.family, p.width, data.in_shape, data.num_classes),

@@ -20,16 +20,17 @@ from typing import Any, Callable
 
 import torch
 
-from explorer.core.cache import Cache, ComputeResult, Entry, default_shipped_root
+from explorer.core.cache import Cache, ComputeResult, Entry, default_cache, default_shipped_root, shipped_cache
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.jobs import JobContext
+from explorer.core.report import SILENT, Reporter, TerminalReporter, part
 from explorer.data import noise as corrupt
 from explorer.data.datasets import load_or_fallback, take
-from explorer.train.stacked import METRICS, BatchConfig, ModelSpec, train_batched
+from explorer.nets.small import NetConfig
+from explorer.train.stacked import METRICS, OPTIMIZER_KINDS, BatchConfig, ModelSpec, train_batched
 
 DATASETS = ("mnist1d", "digits", "fashion_mnist", "cifar10")
 MODELS = ("mlp", "small_cnn")
-OPTIMIZERS = ("adam", "momentum", "sgd")
 ALL_MODES = tuple(corrupt.MODES)
 KINDS = {"modes": "memorise-modes", "sweep-p": "memorise-sweep-p", "sweep-width": "memorise-width"}
 
@@ -62,7 +63,7 @@ class LabConfig:
             raise ConfigError("the small CNN needs image data; MNIST-1D is 1-D (use the MLP)")
         check_range("width", self.width, 1, 2048 if self.model == "mlp" else 128, integer=True)
         check_range("depth", self.depth, 1, 4, integer=True)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, OPTIMIZER_KINDS)
         check_range("learning rate", self.lr, 1e-5, 1.0)
         check_range("batch size", self.batch_size, 1, 4096, integer=True)
         check_range("epochs cap", self.max_epochs, 1, 2000, integer=True)
@@ -73,7 +74,7 @@ class LabConfig:
         for m in self.modes:
             check_choice("corruption mode", m, ALL_MODES)
         check_range("corruption probability p", self.p, 0.0, 1.0)
-        check_choice("label scheme", self.scheme, corrupt.SCHEMES)
+        check_choice("label scheme", self.scheme, corrupt.LABEL_SCHEMES)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
 
 
@@ -154,10 +155,18 @@ def resolve(cfg: LabConfig | SweepPConfig | WidthConfig) -> LabConfig | SweepPCo
     return lab if isinstance(cfg, LabConfig) else dataclasses.replace(cfg, lab=lab)
 
 
+def net_config(cfg: LabConfig, width: int | None = None) -> NetConfig:
+    """The lab's network: `width` is the MLP's hidden units or the CNN's first-stage channels; the CNN's
+    conv stages feed the output layer directly (no hidden linear layer), as in Zhang et al.'s small nets."""
+    width = width or cfg.width
+    if cfg.model == "mlp":
+        return NetConfig("mlp", width=width, depth=cfg.depth)
+    return NetConfig("small_cnn", channels=width, depth=cfg.depth, hidden_fc=False)
+
+
 def _spec(cfg: LabConfig, data: LabData, width: int | None = None) -> ModelSpec:
-    """The lab's architecture for this data."""
-    return ModelSpec(cfg.model, tuple(data.train.x.shape[1:]), data.num_classes,
-                     width or cfg.width, cfg.depth)
+    """The lab's network for this data."""
+    return ModelSpec(net_config(cfg, width), tuple(data.train.x.shape[1:]), data.num_classes)
 
 
 def _batch_config(cfg: LabConfig, epochs: int) -> BatchConfig:
@@ -216,14 +225,9 @@ def _last_acc(errs: list[float]) -> float:
 
 # --- runs ------------------------------------------------------------------------------------------
 
-Publish = Callable[[dict[str, Any], float, str], None]
-
-
 def _train_models(cfg: LabConfig, data: LabData, spec: ModelSpec, sets: list[corrupt.Corrupted],
-                  epochs: int, until_fit: bool, base: dict[str, Any], publish: Publish | None,
-                  checkpoint: Callable[[], None] | None, progress: tuple[float, float] = (0.0, 1.0)
-                  ) -> dict[str, Any]:
-    """Train one model per corrupted set together; metrics dict (also published live)."""
+                  epochs: int, until_fit: bool, base: dict[str, Any], report: Reporter) -> dict[str, Any]:
+    """Train one model per corrupted set together; metrics dict (also published live, after every epoch)."""
     x, y = _stack([c.train for c in sets])
     xt, _ = _stack([c.test for c in sets])
     yt = data.test.y
@@ -240,15 +244,13 @@ def _train_models(cfg: LabConfig, data: LabData, spec: ModelSpec, sets: list[cor
             for i, v in enumerate(metrics[m]):
                 history[m][i].append(v)
         out["fit_epoch"] = [fit_epoch(errs) for errs in history["train_err"]]
-        if publish is not None:
-            lo, span = progress
-            publish({**out, "history": history}, lo + span * epoch / epochs, f"epoch {epoch} of at most {epochs}")
+        report.publish({**out, "history": history})  # train_batched publishes the epoch count after this
 
     def stop(epoch: int, metrics: dict[str, list[float]]) -> bool:
         return until_fit and all(e == 0.0 or math.isnan(e) for e in metrics["train_err"])
 
-    res = train_batched(spec, _batch_config(cfg, epochs), k, x, y, xt, yt, on_epoch=on_epoch,
-                        checkpoint=checkpoint, stop=stop)
+    res = train_batched(spec, _batch_config(cfg, epochs), k, x, y, xt, yt, on_epoch=on_epoch, report=report,
+                        stop=stop)
     out["history"] = res.history.to_dict()
     out["fit_epoch"] = [fit_epoch(errs) for errs in res.history.train_err]
     out["diverged"] = list(res.diverged)
@@ -268,20 +270,17 @@ def mode_title(cfg: LabConfig, mode: str) -> str:
     return corrupt.MODES[mode].title
 
 
-def compute_modes(cfg: LabConfig, publish: Publish | None = None,
-                  checkpoint: Callable[[], None] | None = None) -> dict[str, Any]:
+def compute_modes(cfg: LabConfig, report: Reporter = SILENT) -> dict[str, Any]:
     """Train every mode of cfg from the same initial weights until all fit or the cap."""
     data = load_lab_data(cfg)
     spec = _spec(cfg, data)
     base = {"view": "modes", "modes": list(cfg.modes), "titles": [mode_title(cfg, m) for m in cfg.modes],
             "chance": 1.0 / data.num_classes, "n_train": len(data.train.y), "n_test": len(data.test.y),
             "dataset": data.dataset}
-    return _train_models(cfg, data, spec, _modes_sets(cfg, data, cfg.modes), cfg.max_epochs, True, base,
-                         publish, checkpoint)
+    return _train_models(cfg, data, spec, _modes_sets(cfg, data, cfg.modes), cfg.max_epochs, True, base, report)
 
 
-def compute_sweep_p(cfg: SweepPConfig, publish: Publish | None = None,
-                    checkpoint: Callable[[], None] | None = None) -> dict[str, Any]:
+def compute_sweep_p(cfg: SweepPConfig, report: Reporter = SILENT) -> dict[str, Any]:
     """One model per p (labels corrupted with probability p), trained together until all fit or the cap."""
     lab = cfg.lab
     data = load_lab_data(lab)
@@ -291,11 +290,10 @@ def compute_sweep_p(cfg: SweepPConfig, publish: Publish | None = None,
     base = {"view": "sweep-p", "ps": list(cfg.ps), "modes": ["partial_labels"] * len(cfg.ps),
             "titles": [f"p={p:g}" for p in cfg.ps], "chance": 1.0 / data.num_classes,
             "n_train": len(data.train.y), "n_test": len(data.test.y), "dataset": data.dataset}
-    return _train_models(lab, data, spec, sets, lab.max_epochs, True, base, publish, checkpoint)
+    return _train_models(lab, data, spec, sets, lab.max_epochs, True, base, report)
 
 
-def compute_width(cfg: WidthConfig, publish: Publish | None = None,
-                  checkpoint: Callable[[], None] | None = None) -> dict[str, Any]:
+def compute_width(cfg: WidthConfig, report: Reporter = SILENT) -> dict[str, Any]:
     """For each width, the given modes trained together for the full cap; final metrics per width."""
     lab = cfg.lab
     data = load_lab_data(lab)
@@ -308,17 +306,16 @@ def compute_width(cfg: WidthConfig, publish: Publish | None = None,
     n = len(cfg.widths)
     for j, width in enumerate(cfg.widths):
         spec = _spec(lab, data, width)
-        sub = None if publish is None else (
-            lambda snap, prog, msg, w=width: publish(result, prog, f"width {w}: {msg}"))
-        run = _train_models(lab, data, spec, sets, lab.max_epochs, False, {}, sub, checkpoint, (j / n, 1 / n))
+        # The page draws the whole sweep so far, not one width's curves.
+        sub = part(report, j / n, (j + 1) / n, prefix=f"width {width}: ", snapshot=lambda _: result)
+        run = _train_models(lab, data, spec, sets, lab.max_epochs, False, {}, sub)
         h = run["history"]
         for i, mode in enumerate(cfg.modes):
             rows.append({"width": width, "num_params": spec.num_params, "mode": mode,
                          "title": result["titles"][i], "fit_epoch": run["fit_epoch"][i],
                          "diverged": run["diverged"][i],
                          **{m: h[m][i][-1] for m in METRICS}})
-        if publish is not None:
-            publish(result, (j + 1) / n, f"width {width} done")
+        report.publish(result, progress=(j + 1) / n, message=f"width {width} done")
     return result
 
 
@@ -333,13 +330,12 @@ def kind_of(cfg: LabConfig | SweepPConfig | WidthConfig) -> str:
     return {LabConfig: KINDS["modes"], SweepPConfig: KINDS["sweep-p"], WidthConfig: KINDS["sweep-width"]}[type(cfg)]
 
 
-def cached(cfg: LabConfig | SweepPConfig | WidthConfig, cache: Cache | None = None) -> Entry | None:
+def cached(cfg: LabConfig | SweepPConfig | WidthConfig, cache: Cache) -> Entry | None:
     """The stored result for cfg (runtime first, then shipped), or None."""
-    return (cache or Cache()).get(kind_of(cfg), cfg)
+    return cache.get(kind_of(cfg), cfg)
 
 
-def run(cfg: LabConfig | SweepPConfig | WidthConfig, cache: Cache | None = None, publish: Publish | None = None,
-        checkpoint: Callable[[], None] | None = None) -> Entry:
+def run(cfg: LabConfig | SweepPConfig | WidthConfig, cache: Cache, report: Reporter = SILENT) -> Entry:
     """The result for cfg: from the cache, else computed now and stored with its provenance.
 
     A data set missing here is replaced by the embedded fallback, and the result is stored under the
@@ -349,19 +345,18 @@ def run(cfg: LabConfig | SweepPConfig | WidthConfig, cache: Cache | None = None,
     kind = kind_of(cfg)
 
     def compute() -> ComputeResult:
-        metrics = COMPUTE[kind](cfg, publish, checkpoint)
+        metrics = COMPUTE[kind](cfg, report)
         return ComputeResult(metrics, meta={"recompute": cli_command(cfg, full=True)})
 
-    return (cache or Cache()).get_or_compute(kind, cfg, compute)
+    return cache.get_or_compute(kind, cfg, compute)
 
 
-def job(cfg: LabConfig | SweepPConfig | WidthConfig) -> Callable[[JobContext], Entry]:
+def job(cfg: LabConfig | SweepPConfig | WidthConfig, cache: Cache) -> Callable[[JobContext], Entry]:
     """A job function for views/widgets.start_job: publishes a live snapshot after every epoch."""
 
     def fn(ctx: JobContext) -> Entry:
         ctx.publish(None, progress=0.0, message="loading data")
-        return run(cfg, publish=lambda snap, prog, msg: ctx.publish(snap, progress=prog, message=msg),
-                   checkpoint=ctx.checkpoint)
+        return run(cfg, cache, ctx)
 
     fn.__name__ = kind_of(cfg)
     return fn
@@ -450,13 +445,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"setting refused: {exc}", file=sys.stderr)
         return 2
-    cache = Cache(root=default_shipped_root()) if args.shipped else Cache()
-
-    def progress(snap: dict[str, Any], prog: float, msg: str) -> None:
-        print(f"\r{100 * prog:5.1f}% {msg}   ", end="", file=sys.stderr, flush=True)
-
-    entry = run(cfg, cache, publish=progress)
-    print(file=sys.stderr)
+    cache = shipped_cache() if args.shipped else default_cache()
+    with TerminalReporter() as report:
+        entry = run(cfg, cache, report)
     print(f"{cli_command(cfg)}\n{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · "
           f"{entry.meta.get('code_version')} · {entry.path}")
     print(format_table(entry.metrics))

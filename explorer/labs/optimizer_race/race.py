@@ -7,8 +7,8 @@ DIVERGE_BOUND) stops with "diverged at step N"; the others go on.
 
 Task race: K copies of one network start from the same seeded weights and see the same batches
 (one permutation per epoch) and the same dropout masks. They run as one stacked network: one
-forward and one backward for all K (smallnets.train_step_fn: hand-written for the MLP, autograd
-otherwise), gradients written into one (K, P) buffer whose row k is copy k's gradient. Then the
+forward and one backward for all K (smallnets.train_step_fn: explorer.train.fused_mlp's hand-written
+step for the MLP, autograd otherwise), gradients written into one (K, P) buffer whose row k is copy k's gradient. Then the
 torch.optim optimizers step: racer k's parameter is row k of the (K, P) weights, one flat tensor
 (every registered optimizer is elementwise, so this is the same update as per layer), and racers
 whose classes share a step() share one optimizer with a param group each (SGD / momentum /
@@ -26,15 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from explorer.core.cache import Cache, ComputeResult, Entry
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.jobs import JobContext, JobFn
+from explorer.core.report import SILENT, Reporter
 from explorer.data import datasets
 from explorer.labs.optimizer_race.surfaces import DTYPE, SURFACES, Surface, get_surface
 from explorer.nets.small import NetConfig, eval_logits_fn, flat_stack, flat_views, init_state, make_masks, train_step_fn
+from explorer.train.evaluate import diverged_message, evaluate, first_nonfinite
 from explorer.train.optimizers import (OptimizerConfig, build_optimizer, build_shared_optimizers, check_racers,
                                        default_racers, momentum_of)
 
@@ -160,8 +161,8 @@ def race_surface(cfg: SurfaceRaceConfig) -> SurfaceRace:
             momentum = torch.stack([torch.zeros(2, dtype=DTYPE) if m is None else m for m in moms])
         message = None
         if diverged[i] is not None:
-            message = (f"diverged at step {diverged[i]}: the loss, gradient or position stopped being finite "
-                       f"(or went past {DIVERGE_BOUND:g}); try a smaller learning rate")
+            message = diverged_message("", diverged[i], lr=r.lr, cause="the loss, gradient or position stopped "
+                                       f"being finite (or went past {DIVERGE_BOUND:g})")
         distance = surf.distance_to_minimum(path) if len(path) else None
         tracks.append(Track(label, r, path, loss, grad, momentum, distance, diverged[i], message))
     return SurfaceRace(cfg, surf, tracks, time.perf_counter() - t0)
@@ -238,27 +239,16 @@ def _digest(tensors: list[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _evaluate(cfg: TaskRaceConfig, logits_fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
-              params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _evaluate(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validation accuracy (K,) and mean loss (K,) of every copy, eval mode, on the device."""
-    k = len(cfg.racers)
-    correct = torch.zeros(k, device=x.device)
-    loss = torch.zeros(k, device=x.device)
-    with torch.no_grad():
-        for s in range(0, len(x), EVAL_CHUNK):
-            xb, yb = x[s:s + EVAL_CHUNK], y[s:s + EVAL_CHUNK]
-            logits = logits_fn(params, xb)  # (K, C, B)
-            correct += (logits.argmax(1) == yb).sum(1)
-            loss += F.cross_entropy(logits, yb.expand(k, -1), reduction="none").sum(1)
-    return correct / len(x), loss / len(x)
+    [(loss, err)] = evaluate(logits_fn, x, [y], EVAL_CHUNK, classes_dim=1)  # (K, C, B)
+    return 1 - err, loss
 
 
-Progress = Callable[[dict[str, Any], float], None]  # (snapshot, fraction done)
-
-
-def train_race(cfg: TaskRaceConfig, data: TaskData, *, on_progress: Progress | None = None,
-               checkpoint: Callable[[], None] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Train every racer on identical weights and batches; returns (metrics, tensors) for the cache."""
+def train_race(cfg: TaskRaceConfig, data: TaskData, *,
+               report: Reporter = SILENT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Train every racer on identical weights and batches, publishing live curves; (metrics, tensors) for the cache."""
     t0 = time.perf_counter()
     dev = data.x_train.device
     k, n, b = len(cfg.racers), len(data.x_train), min(cfg.batch_size, len(data.x_train))
@@ -272,8 +262,8 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *, on_progress: Progress | N
     for i in range(k):
         mine[i][0].grad = grad_flat[i]
     opts = build_shared_optimizers(cfg.racers, mine, dev)
-    train_step = train_step_fn(cfg.net)
-    eval_logits = eval_logits_fn(cfg.net)
+    train_step = train_step_fn(cfg.net, params, grads)  # fills grads
+    eval_logits = eval_logits_fn(cfg.net, params)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     orders = torch.stack([torch.randperm(n, generator=order_gen) for _ in range(cfg.epochs)])  # (E, N)
     drop_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
@@ -285,10 +275,11 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *, on_progress: Progress | N
     curve_step: list[int] = []
     curve_loss: list[list[float]] = [[] for _ in range(k)]
     val_epoch: list[int] = [0]
-    acc0, vloss0 = _evaluate(cfg, eval_logits, params, data.x_val, data.y_val)
+    acc0, vloss0 = _evaluate(eval_logits, data.x_val, data.y_val)
     val_acc = [[float(a)] for a in acc0.cpu()]
     val_loss = [[float(v)] for v in vloss0.cpu()]
     diverged: list[int | None] = [None] * k
+    messages: list[str | None] = [None] * k
     first_loss: list[float] = []
     order_dev = orders.to(dev)
 
@@ -297,26 +288,26 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *, on_progress: Progress | N
                 "epoch": list(val_epoch), "val_acc": [list(a) for a in val_acc],
                 "val_loss": [list(v) for v in val_loss], "steps_per_epoch": steps_per_epoch,
                 "total_steps": total, "diverged_at": list(diverged),
-                "messages": [f"diverged at step {d}: the training loss became non-finite or exceeded "
-                             f"{BLOWUP_FACTOR:g}× its first value" if d is not None else None for d in diverged],
+                "messages": list(messages),
                 "elapsed_s": time.perf_counter() - t0}
 
     def sync(start: int, stop: int) -> None:
         """Pull a window of step losses to the host; mark racers whose loss stopped being finite."""
         window = step_loss[start:stop].cpu()  # (W, K): the one host sync of the window
-        rows = window.tolist()
         if start == 0:
-            first_loss.extend(rows[0])
+            first_loss.extend(window[0].tolist())
         curve_step.append(stop)
         means = window.mean(0).tolist()
-        for i in range(k):
+        # Cross-entropy stays finite long after training has blown up, so a huge loss counts too.
+        limit = BLOWUP_FACTOR * torch.tensor(first_loss, dtype=torch.float64)
+        for i, first_bad in enumerate(first_nonfinite(window, limit)):  # on the host already: no further sync
             if diverged[i] is not None:
                 continue
-            # Cross-entropy stays finite long after training has blown up, so a huge loss counts too.
-            limit = BLOWUP_FACTOR * first_loss[i]
-            first_bad = next((w for w, row in enumerate(rows) if not row[i] <= limit), None)
             if first_bad is not None:
                 diverged[i] = start + first_bad + 1  # steps count from 1
+                messages[i] = diverged_message(
+                    "", diverged[i], (diverged[i] - 1) // steps_per_epoch + 1, cfg.racers[i].lr,
+                    cause=f"the training loss became non-finite or exceeded {BLOWUP_FACTOR:g}× its first value")
                 opts.drop(i)
             else:
                 curve_loss[i].append(means[i])
@@ -326,25 +317,22 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *, on_progress: Progress | N
         perm = order_dev[epoch]
         x_epoch, y_epoch = data.x_train[perm], data.y_train[perm]  # batches are slices of these
         for s in range(0, n, b):
-            per = train_step(params, grads, x_epoch[s:s + b], y_epoch[s:s + b], masks)  # (K,); fills grads
+            per = train_step(x_epoch[s:s + b], y_epoch[s:s + b], masks)  # (K,); fills grads
             step_loss[step] = per
             opts.step()
             step += 1
             if step - logged >= log_every or s + b >= n:
                 sync(logged, step)
                 logged = step
-                if checkpoint is not None:
-                    checkpoint()
-                if on_progress is not None:
-                    on_progress(snapshot(), step / total)
-        acc, vloss = (t.cpu() for t in _evaluate(cfg, eval_logits, params, data.x_val, data.y_val))
+                report.checkpoint()
+                report.publish(snapshot(), progress=step / total, message=f"step {step} of {total}")
+        acc, vloss = (t.cpu() for t in _evaluate(eval_logits, data.x_val, data.y_val))
         val_epoch.append(epoch + 1)
         for i in range(k):
             if diverged[i] is None:
                 val_acc[i].append(float(acc[i]))
                 val_loss[i].append(float(vloss[i]))
-        if on_progress is not None:
-            on_progress(snapshot(), step / total)
+        report.publish(snapshot(), progress=step / total, message=f"step {step} of {total}")
     metrics = snapshot()
     metrics["table"] = [
         {"optimizer": labels[i], "final train loss": curve_loss[i][-1] if curve_loss[i] else math.nan,
@@ -374,31 +362,26 @@ class TaskRaceOutcome:
     notice: str | None = None
 
 
-def cached_task_race(cfg: TaskRaceConfig, cache: Cache | None = None) -> Entry | None:
+def cached_task_race(cfg: TaskRaceConfig, cache: Cache) -> Entry | None:
     """The cached result of this exact race, if there is one."""
-    return (cache or Cache()).get(TASK_KIND, cfg)
+    return cache.get(TASK_KIND, cfg)
 
 
-def task_race_job(cfg: TaskRaceConfig, cache: Cache | None = None) -> JobFn:
+def task_race_job(cfg: TaskRaceConfig, cache: Cache) -> JobFn:
     """A job function: load the data, race (or take the cached result), publish live curves."""
 
     def fn(ctx: JobContext) -> TaskRaceOutcome:
         ctx.publish(None, progress=0.0, message="loading data")
         data = load_task_data(cfg)
-
-        def progress(snap: dict[str, Any], frac: float) -> None:
-            ctx.publish(snap, progress=frac, message=f"step {snap['step'][-1] if snap['step'] else 0}"
-                                                     f" of {snap['total_steps']}")
-
         if data.fallback is not None:  # not what was asked for: show it, never cache it under this config
-            metrics, _ = train_race(cfg, data, on_progress=progress, checkpoint=ctx.checkpoint)
+            metrics, _ = train_race(cfg, data, report=ctx)
             return TaskRaceOutcome(metrics, None, data.fallback)
 
         def compute() -> ComputeResult:
-            metrics, tensors = train_race(cfg, data, on_progress=progress, checkpoint=ctx.checkpoint)
+            metrics, tensors = train_race(cfg, data, report=ctx)
             return ComputeResult(metrics, tensors)
 
-        entry = (cache or Cache()).get_or_compute(TASK_KIND, cfg, compute)
+        entry = cache.get_or_compute(TASK_KIND, cfg, compute)
         ctx.publish(entry.metrics, progress=1.0, message="done")
         return TaskRaceOutcome(entry.metrics, entry)
 

@@ -73,7 +73,7 @@ def test_pause_step_and_live_learning_rate(tmp_path, runner) -> None:
 
 def test_divergence_ends_the_job_with_the_message(tmp_path, runner) -> None:
     cfg = build_config(dataset="circle", activation="relu", lr=10.0, loss="mse", hidden=(8,),
-                       features=("x1", "x2", "x1^2", "x2^2"), epochs=500)
+                       input_features=("x1", "x2", "x1^2", "x2^2"), epochs=500)
     run = PlaygroundRun(cfg, device=CPU, cache=Cache(tmp_path))
     run.set_speed(0)
     job = runner.submit(run.job)

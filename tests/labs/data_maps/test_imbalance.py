@@ -12,9 +12,9 @@ from PIL import Image
 
 from explorer.core.config import ConfigError
 from explorer.data import datasets as D
-from explorer.labs.data_maps.imbalance import RecallConfig, fit_softmax, recall_experiment
+from explorer.labs.data_maps.imbalance import ImbalanceConfig, compare_recall, fit_softmax
 from explorer.render import gallery as G
-from explorer.train.single_mlp import Diverged
+from explorer.train.evaluate import Diverged
 
 
 @pytest.fixture(autouse=True)
@@ -26,20 +26,20 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_rare_class_loses_recall() -> None:
-    cfg = RecallConfig(dataset="digits", per_class=100, minority_class=3, minority=2, steps=40, lr=0.1)
-    res = recall_experiment(cfg)
+    cfg = ImbalanceConfig(dataset="digits", per_class=100, minority_class=3, minority=2, steps=40, lr=0.1)
+    res = compare_recall(cfg)
     assert res["balanced"]["train_counts"][3] == 100 and res["imbalanced"]["train_counts"][3] == 2
     assert len(res["balanced"]["recall"]) == 10 and res["balanced"]["recall"][3] > 0.8
     assert res["imbalanced"]["recall"][3] < res["balanced"]["recall"][3] - 0.2
 
 
-def test_recall_config_limits_and_divergence() -> None:
+def test_imbalance_config_limits_and_divergence() -> None:
     with pytest.raises(ConfigError, match="minority must be between"):
-        RecallConfig(per_class=10, minority=11)
+        ImbalanceConfig(per_class=10, minority=11)
     with pytest.raises(ConfigError, match="per_class"):
-        RecallConfig(per_class=10**6)
+        ImbalanceConfig(per_class=10**6)
     x, y = torch.tensor([[1e30, -1e30], [-1e30, 1e30]]), torch.tensor([0, 1])
-    with pytest.raises(Diverged, match="non-finite at step 0"):
+    with pytest.raises(Diverged, match="diverged at step 1: the loss became non-finite"):
         fit_softmax(x * 1e10, y, 2, steps=3, lr=1.0, seed=0)
 
 

@@ -13,10 +13,11 @@ from explorer.core.cache import Cache
 from explorer.core.config import ConfigError
 from explorer.data.noise import noisy_labels
 from explorer.labs.double_descent.results import describe, interpolation_threshold, list_sweeps, sweep_frame
-from explorer.labs.double_descent.run import Progress, plan_groups, run_sweep
+from explorer.core.report import NullReporter, TerminalReporter
+from explorer.labs.double_descent.run import plan_groups, point_cost, run_sweep
 from explorer.labs.double_descent.spec import (POINT_KIND, SWEEP_KIND, Point, SweepSpec, load_data, parse_spec,
                                                point_config)
-from explorer.labs.double_descent.train import _MLPFast
+from explorer.labs.double_descent.train import _FusedGroup
 from explorer.nets import grouped as ddmodels
 
 GOOD = """
@@ -100,45 +101,25 @@ def test_label_noise_statistics() -> None:
     assert torch.equal(noisy_labels(y, 0.0, 10, seed=3), y)
 
 
-def test_fast_mlp_step_matches_autograd_and_padding_stays_zero() -> None:
-    torch.manual_seed(0)
-    for opt in ("sgd", "momentum", "adam"):
-        spec = dataclasses.replace(tiny(), optimizer=opt, lr=0.05, weight_decay=0.01)
-        net = _MLPFast([3, 5], [0, 1], 40, 10, spec, torch.device("cpu"))
-        models, opts = [], []
-        for k, w in enumerate([3, 5]):
-            m = ddmodels.build("mlp", w, 1, (40,), 10)
-            m.load_state_dict(net.state(k))
-            models.append(m)
-            opts.append({"sgd": lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.01),
-                         "momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01),
-                         "adam": lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.01)}[opt](m.parameters()))
-        for _ in range(3):
-            x, y = torch.randn(20, 40), torch.randint(0, 10, (2, 20))
-            net.step(net.prepare(x), torch.nn.functional.one_hot(y, 10).float(), 0.05)
-            for k, (m, o) in enumerate(zip(models, opts)):
-                o.zero_grad()
-                torch.nn.functional.cross_entropy(m(x)[0], y[k]).backward()
-                o.step()
-        for k, m in enumerate(models):
-            ours = net.state(k)
-            for name, t in m.state_dict().items():
-                torch.testing.assert_close(ours[name], t, atol=1e-5, rtol=1e-4, msg=f"{opt} {name}")
-        assert net.params[2][0, 3:].abs().max() == 0 and net.params[2][0, :, 3:].abs().max() == 0
-
-
-def test_chunked_evaluation_equals_cross_entropy_and_argmax() -> None:
-    from explorer.labs.double_descent import train as sweep
-
-    torch.manual_seed(0)
-    net = _MLPFast([3, 5, 5], [0, 1, 2], 40, 10, tiny(), torch.device("cpu"))
-    x = net.prepare(torch.randn(2500, 40))  # 3 chunks of at most EVAL_CHUNK
-    labels = [torch.randint(0, 10, (3, 2500)) for _ in range(2)]
-    z = net.logits(x)
-    for (loss, err), y in zip(sweep._evaluate(net, x, labels), labels):
-        ref = torch.stack([torch.nn.functional.cross_entropy(z[k], y[k]) for k in range(3)])
-        torch.testing.assert_close(loss, ref)
-        torch.testing.assert_close(err, (z.argmax(-1) != y).float().mean(1))
+def test_a_fused_group_trains_each_point_like_its_own_grouped_mlp_with_torch_optim() -> None:
+    spec = dataclasses.replace(tiny(), optimizer="momentum", lr=0.05, weight_decay=0.01)
+    net = _FusedGroup([3, 5], [0, 1], 40, 10, spec, torch.device("cpu"))
+    models = []
+    for k, w in enumerate([3, 5]):
+        m = ddmodels.build("mlp", w, 1, (40,), 10)
+        m.load_state_dict(net.state(k))
+        models.append((m, torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)))
+    for _ in range(3):
+        x, y = torch.randn(20, 40), torch.randint(0, 10, (2, 20))
+        net.step(net.prepare(x), y, 0.05)
+        for k, (m, o) in enumerate(models):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(x)[0], y[k]).backward()
+            o.step()
+    for k, (m, _) in enumerate(models):
+        ours = net.state(k)
+        for name, t in m.state_dict().items():
+            torch.testing.assert_close(ours[name], t, atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("family", ["mlp", "cnn5", "resnet18"])
@@ -170,19 +151,24 @@ class Interrupt(Exception):
 def test_interrupted_sweep_resumes_and_computes_only_missing_points(tmp_path) -> None:
     cache = Cache(tmp_path / "rt", tmp_path / "shipped")
     spec = dataclasses.replace(tiny(), widths=(4, 200))  # two groups: 4 alone would merge with 8
-    calls = {"n": 0}
 
-    def stop_in_second_group() -> None:
-        calls["n"] += 1
-        if calls["n"] > spec.epochs:  # the first group's epochs pass, the second's first one stops
-            raise Interrupt
+    class StopInSecondGroup(NullReporter):
+        calls = 0
+
+        def checkpoint(self) -> None:
+            self.calls += 1
+            if self.calls > spec.epochs:  # the first group's epochs pass, the second's first one stops
+                raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_sweep(spec, cache=cache, checkpoint=stop_in_second_group)
+        run_sweep(spec, cache=cache, report=StopInSecondGroup())
     done = [p for p in spec.points() if cache.get(POINT_KIND, point_config(spec, p)) is not None]
     assert [p.width for p in done] == [4, 4]
-    res = run_sweep(spec, cache=cache, progress_stream=io.StringIO())
+    out = io.StringIO()
+    with TerminalReporter(out) as bar:
+        res = run_sweep(spec, cache=cache, report=bar)
     assert (res.computed, res.cached) == (2, 2)
+    assert "2/4 points" in out.getvalue() and "4/4 points" in out.getvalue().split("\r")[-1]
     entry = res.entry
     assert entry.kind == SWEEP_KIND and list_sweeps(cache)[0].key == entry.key
     table = entry.tensors()["metrics"]  # (P, E, M)
@@ -199,11 +185,15 @@ def test_interrupted_sweep_resumes_and_computes_only_missing_points(tmp_path) ->
     assert (again.computed, again.cached) == (0, 4)
 
 
-def test_progress_bar_shows_eta() -> None:
-    out = io.StringIO()
-    bar = Progress(100.0, 10, out)
-    line = bar.update(points=2, cost=20.0)
-    assert "2/10 points" in line and "ETA" in line and "20.0%" in line
+def test_progress_is_the_share_of_the_cost_done_over_every_epoch(tmp_path, recorder) -> None:
+    spec = dataclasses.replace(tiny(), widths=(4, 200), checkpoint_epochs=())  # two groups, 3 epochs each
+    run_sweep(spec, cache=Cache(tmp_path / "rt", tmp_path / "shipped"), report=recorder)
+    costs = [2 * 3 * point_cost(spec, w) for w in (4, 200)]  # 2 noise levels per group, 3 epochs
+    first = costs[0] / sum(costs)
+    expected = [0.0, *(first * e / 3 for e in (1, 2, 3)), first, *(first + (1 - first) * e / 3 for e in (1, 2, 3)), 1.0]
+    assert recorder.progress == pytest.approx(expected)
+    assert recorder.messages == ["0/4 points", "2/4 points", "4/4 points"]
+    assert recorder.checkpoints == 6
 
 
 def test_random_features_family_runs_in_the_sweep(tmp_path) -> None:
@@ -234,32 +224,19 @@ def test_a_diverging_model_is_marked_and_the_others_go_on(monkeypatch) -> None:
     from explorer.labs.double_descent import train as sweep
 
     spec = dataclasses.replace(tiny(), checkpoint_epochs=())
-    init = sweep._MLPFast.__init__
+    init = sweep._FusedGroup.__init__
 
     def poisoned(self, *args, **kwargs) -> None:
         init(self, *args, **kwargs)
-        self.params[4][1].fill_(float("inf"))  # model 1's output layer: its loss is non-finite at once
+        self.layers[-1][0][1].fill_(float("inf"))  # model 1's output layer: its loss is non-finite at once
 
-    monkeypatch.setattr(sweep._MLPFast, "__init__", poisoned)
+    monkeypatch.setattr(sweep._FusedGroup, "__init__", poisoned)
     results = sweep.train_group(spec, spec.points()[:2], load_data(spec))
     assert results[0].diverged is None and all(math.isfinite(v) for v in results[0].metrics["test_err"])
-    assert results[1].diverged.startswith("loss became non-finite at step 1 (epoch 1)")
+    p = results[1].point
+    assert results[1].diverged.startswith(f"width {p.width} (noise {p.noise:g}, seed {p.seed}) diverged at step 1 "
+                                          "(epoch 1): the loss became non-finite")
     assert all(math.isnan(v) for v in results[1].metrics["test_err"])
-
-
-def test_the_step_witness_is_non_finite_exactly_when_the_loss_is() -> None:
-    spec = dataclasses.replace(tiny(), optimizer="sgd")
-    x, y = torch.randn(6, 40), torch.randint(0, 10, (3, 6))
-    y1h = torch.nn.functional.one_hot(y, 10).float()
-    for bad in (float("inf"), float("-inf"), float("nan")):
-        net = _MLPFast([4, 4, 4], [0, 1, 2], 40, 10, spec, torch.device("cpu"))
-        net.params[5][1, 0, y[1, 0]] = bad  # model 1's bias of the first example's label: one logit non-finite
-        z = net.logits(net.prepare(x))
-        loss = torch.stack([torch.nn.functional.cross_entropy(z[k], y[k]) for k in range(3)])
-        witness = torch.empty(3)
-        net.step(net.prepare(x), y1h, 0.1, witness)
-        assert torch.equal(torch.isfinite(witness), torch.isfinite(loss)), bad
-        assert torch.isfinite(witness).tolist() == [True, False, True]
 
 
 def test_every_shipped_sweep_matches_its_spec_file(tmp_path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.core.cache import Cache
+from explorer.core.cache import Cache, default_cache
 from explorer.core.config import ConfigError
 from explorer.core.jobs import JobRunner, JobState
 from explorer.labs.memorisation import lab as mem
@@ -19,8 +19,8 @@ TINY = mem.LabConfig(n_train=60, n_test=60, width=128, depth=1, lr=3e-3, batch_s
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _isolated(tmp_path_factory):
-    """A private runtime cache, the shared data folder when present, and one torch thread.
+def _isolated():
+    """The shared data folder when present, and one torch thread.
 
     One thread because this machine is shared: with more runnable threads than cores, each small
     parallel op waits on a descheduled OpenMP thread and tiny models run ~20x slower.
@@ -28,7 +28,6 @@ def _isolated(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EXPLORER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         if SHARED.is_dir():
             mp.setenv("EXPLORER_DATA_DIR", str(SHARED))
         yield
@@ -36,8 +35,14 @@ def _isolated(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def modes_result() -> dict:
-    return mem.run(TINY).metrics
+def cache(tmp_path_factory) -> Cache:
+    """This module's private cache."""
+    return Cache(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def modes_result(cache) -> dict:
+    return mem.run(TINY, cache).metrics
 
 
 def test_fit_epoch_is_the_first_epoch_with_zero_training_error():
@@ -74,8 +79,8 @@ def test_modes_run_memorises_random_labels_and_stays_at_chance(modes_result):
         (f if f is not None else m["max_epochs"]) for f in m["fit_epoch"])
 
 
-def test_second_run_comes_from_the_cache_with_provenance(modes_result):
-    entry = mem.cached(TINY)
+def test_second_run_comes_from_the_cache_with_provenance(modes_result, cache):
+    entry = mem.cached(TINY, cache)
     assert entry is not None and entry.metrics["fit_epoch"] == modes_result["fit_epoch"]
     assert entry.meta["recompute"] == mem.cli_command(TINY, full=True)
     assert len(mem.cli_command(TINY, full=True)) > len(mem.cli_command(TINY))
@@ -83,23 +88,26 @@ def test_second_run_comes_from_the_cache_with_provenance(modes_result):
         assert field in entry.meta
 
 
-def test_job_publishes_live_snapshots_and_returns_the_entry():
+def test_job_publishes_live_snapshots_and_returns_the_entry(cache):
     cfg = mem.SweepPConfig(dataclasses.replace(TINY, max_epochs=3), ps=(0.0, 1.0))
     runner = JobRunner(max_running=1)
-    job = runner.submit(mem.job(cfg))
+    job = runner.submit(mem.job(cfg, cache))
     assert job.wait(120)
     assert job.state is JobState.DONE, job.error
     assert job.snapshot["view"] == "sweep-p" and len(job.snapshot["history"]["epoch"]) == 3
     assert job.result.metrics["ps"] == [0.0, 1.0]
     agreement = job.result.metrics["label_agreement"]
     assert agreement[0] == 1.0 and agreement[1] < 0.3
-    assert job.progress == 1.0
+    assert job.progress == 1.0 and job.message == "epoch 3 of at most 3"
     runner.shutdown()
 
 
-def test_width_sweep_rows_per_width_and_mode():
+def test_width_sweep_rows_per_width_and_mode(cache, recorder):
     cfg = mem.WidthConfig(dataclasses.replace(TINY, max_epochs=2), widths=(2, 8, 32))
-    m = mem.run(cfg).metrics
+    m = mem.run(cfg, cache, recorder).metrics
+    assert recorder.progress == pytest.approx([(j + e / 2) / 3 for j in range(3) for e in (1, 2, 2)])
+    assert recorder.messages[:3] == ["width 2: epoch 1 of at most 2", "width 2: epoch 2 of at most 2", "width 2 done"]
+    assert all(s["view"] == "sweep-width" for s in recorder.snapshots)  # the whole sweep, never one width's run
     assert [(r["width"], r["mode"]) for r in m["rows"]] == [
         (w, mode) for w in (2, 8, 32) for mode in ("true_labels", "random_labels")]
     params = [r["num_params"] for r in m["rows"][::2]]
@@ -114,18 +122,18 @@ def test_cli_prints_the_table_and_command_round_trips(capsys):
     assert argv[0] == "modes" and mem.main(argv) == 0
     out = capsys.readouterr().out
     assert "Random labels" in out and "did not fit within 2 epochs" in out
-    assert mem.cached(cfg) is not None  # the CLI's flags rebuilt exactly this config
+    assert mem.cached(cfg, default_cache()) is not None  # the CLI's flags rebuilt exactly this config
     assert mem.main(["modes", "--lr", "50"]) == 2
     assert "learning rate" in capsys.readouterr().err
 
 
-def test_missing_dataset_falls_back_to_digits_under_its_own_name(tmp_path, monkeypatch):
+def test_missing_dataset_falls_back_to_digits_under_its_own_name(tmp_path, monkeypatch, cache):
     monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path))  # empty: no Fashion-MNIST here
     cfg = dataclasses.replace(TINY, dataset="fashion_mnist", max_epochs=1, modes=("true_labels",))
     assert "Fashion-MNIST" in mem.fallback_notice(cfg)
-    entry = mem.run(cfg)
+    entry = mem.run(cfg, cache)
     assert entry.metrics["dataset"] == "digits" and entry.config["dataset"] == "digits"
-    assert mem.cached(cfg) is None  # nothing is stored under the name of the missing data set
+    assert mem.cached(cfg, cache) is None  # nothing is stored under the name of the missing data set
 
 
 @pytest.mark.parametrize("change, message", [
@@ -148,8 +156,34 @@ def test_bad_sweep_settings_are_refused():
 
 @pytest.mark.slow  # decodes all 60,000 CIFAR-10 JPEGs once per fresh cache (~15-30 s here)
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the shared data folder is absent")
-def test_cifar_subset_with_the_small_cnn_runs_batched():
+def test_cifar_subset_with_the_small_cnn_runs_batched(cache):
     cfg = mem.LabConfig(dataset="cifar10", model="small_cnn", n_train=60, n_test=50, width=4, depth=2,
                         max_epochs=1, modes=("true_labels", "shuffled_pixels"))
-    m = mem.run(cfg, cache=Cache()).metrics
+    m = mem.run(cfg, cache).metrics
     assert m["dataset"] == "cifar10" and len(m["history"]["epoch"]) == 1
+
+
+def test_shipped_entries_keep_their_keys_and_their_networks():
+    """Each shipped result is found under its stored config's key, and today's network for that config has the
+    parameter count the result was computed with (same architecture from the merged nets.small families)."""
+    from explorer.core.cache import shipped_cache
+    from explorer.train.stacked import ModelSpec
+
+    shapes = {"mnist1d": (40,), "digits": (1, 8, 8), "cifar10": (3, 32, 32), "fashion_mnist": (1, 28, 28)}
+    seen = 0
+    for kind, config_type in ((mem.KINDS["modes"], mem.LabConfig), (mem.KINDS["sweep-p"], mem.SweepPConfig),
+                              (mem.KINDS["sweep-width"], mem.WidthConfig)):
+        for entry in shipped_cache().entries(kind):
+            plain = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.config.items()}
+            if config_type is mem.LabConfig:
+                cfg = lab = mem.LabConfig(**plain)
+            else:
+                lab = mem.LabConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in plain.pop("lab").items()})
+                cfg = config_type(lab, **plain)
+            assert mem.cached(cfg, shipped_cache()).key == entry.key
+            rows = entry.metrics.get("rows") or [{"width": lab.width, "num_params": entry.metrics["num_params"]}]
+            for row in rows:
+                spec = ModelSpec(mem.net_config(lab, row["width"]), shapes[entry.metrics["dataset"]], 10)
+                assert spec.num_params == row["num_params"], (kind, row["width"])
+            seen += 1
+    assert seen >= 4

@@ -3,7 +3,6 @@ and the task race equals K separate torch.optim loops on the same weights and ba
 
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
@@ -17,8 +16,7 @@ from explorer.data import datasets
 from explorer.labs.optimizer_race.race import (DIVERGE_BOUND, SurfaceRaceConfig, TaskData, TaskRaceConfig, race_surface,
                                                task_race_job, train_race)
 from explorer.labs.optimizer_race.surfaces import DTYPE, SURFACES
-from explorer.nets.small import (ARCHS, NetConfig, _autograd_train_step, build_net, eval_logits_fn, flat_stack,
-                                 flat_views, init_state, make_masks, stacked_forward)
+from explorer.nets.small import NetConfig, build_net, init_state
 from explorer.train.optimizers import (OPTIMIZERS, OptimizerConfig, build_optimizer, build_shared_optimizers,
                                        fast_kwargs, step_family)
 
@@ -191,29 +189,6 @@ def test_a_diverging_racer_leaves_its_shared_optimizer_and_the_others_stay_exact
         losses, _, vloss = _torch_optim_run(racer, net_cfg, data, cfg.seed, orders, cfg.batch_size)
         torch.testing.assert_close(tensors["step_loss"][:, i], torch.tensor(losses), rtol=2e-5, atol=2e-6)
         assert metrics["val_loss"][i][-1] == pytest.approx(vloss, rel=1e-4, abs=1e-5)
-
-
-@pytest.mark.parametrize("dropout,batch", [(0.0, 32), (0.3, 32), (0.5, 7)])
-def test_hand_written_mlp_step_equals_autograd(dropout: float, batch: int) -> None:
-    net_cfg = NetConfig("mlp", width=24, dropout=dropout)
-    k = 3
-    flat, params = flat_stack(init_state(net_cfg, (40,), 10, 0), k, torch.device("cpu"))
-    flat.add_(torch.randn(flat.shape, generator=torch.Generator().manual_seed(1)) * 0.1)  # copies differ
-    shapes = {name: t.shape[1:] for name, t in params.items()}
-    x = torch.randn(batch, 40, generator=torch.Generator().manual_seed(2))
-    y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(3))
-    results = []
-    for step in (ARCHS["mlp"].train_step, functools.partial(_autograd_train_step, ARCHS["mlp"].stacked)):
-        grad_flat = torch.full_like(flat, float("nan"))  # every entry must be written
-        grads = flat_views(grad_flat, shapes)
-        masks = make_masks(dropout, torch.Generator().manual_seed(4), x.device, x.dtype)
-        per = step(params, grads, x, y, masks, work={})
-        results.append((per, grad_flat))
-    (per, grad), (per_ref, grad_ref) = results
-    torch.testing.assert_close(per, per_ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
-    logits = eval_logits_fn(net_cfg)(params, x)
-    torch.testing.assert_close(logits, stacked_forward(net_cfg, params, x).transpose(1, 2), rtol=1e-6, atol=1e-6)
 
 
 def test_shared_optimizers_equal_one_optimizer_per_racer() -> None:

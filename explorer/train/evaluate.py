@@ -1,0 +1,83 @@
+"""What every trainer shares after its steps: spotting a divergence, saying so, and measuring loss and error.
+
+`first_nonfinite` finds, for each of K models, the first step of an epoch whose loss (or witness: any
+per-step value that is non-finite exactly when the loss is) stopped being finite, with one host sync for
+the whole epoch. `diverged_message` says which run diverged, where, the likely cause and what to change;
+`Diverged` carries it where a divergence ends a run. `evaluate` gives each model's mean cross-entropy and
+error over a whole set against one or more label sets, a chunk of examples per forward, so a set's
+activations are never held at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+SMALL_LR = 1e-3  # at or below this, a too-high learning rate is no longer the likely cause
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the message names the step and the likely cause."""
+
+    def __init__(self, message: str, step: int, epoch: int):
+        super().__init__(message)
+        self.step = step
+        self.epoch = epoch
+
+
+def first_nonfinite(values: torch.Tensor, limit: torch.Tensor | None = None) -> list[int | None]:
+    """Per model, the index of the first non-finite row of (steps, K) or (steps,) values, None where all
+    are finite; with `limit` (K,), a value above it counts as non-finite too. One host sync."""
+    values = values.reshape(len(values), -1)  # (steps,) -> (steps, 1)
+    ok = torch.isfinite(values)
+    if limit is not None:
+        ok &= values <= limit
+    all_ok, first = ok.min(0)  # min over bools: False where any step is bad, at the first such index
+    return [None if s < 0 else s for s in first.masked_fill_(all_ok, -1).tolist()]
+
+
+def diverged_message(what: str, step: int, epoch: int | None = None, lr: float | None = None, *,
+                     cause: str = "the loss became non-finite") -> str:
+    """'<what> diverged at step S (epoch E): <cause>; <the likely reason and what to change>.'"""
+    where = f"step {step}" + ("" if epoch is None else f" (epoch {epoch})")
+    if lr is None:
+        hint = "lower the learning rate"
+    elif lr > SMALL_LR:
+        hint = f"the learning rate {lr:g} is probably too high for this network and data; try {lr / 10:g}"
+    else:
+        hint = (f"the learning rate {lr:g} is already small; check the data for extreme values "
+                "and the regularisation")
+    return f"{what + ' ' if what else ''}diverged at {where}: {cause}; {hint}."
+
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # a chunk of inputs -> logits of all K models
+
+
+@torch.no_grad()
+def evaluate(logits_fn: LogitsFn, x: torch.Tensor, label_sets: Sequence[torch.Tensor], chunk: int, *,
+             example_dim: int = 0, classes_dim: int = -1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-model mean cross-entropy and error, device tensors (K,), against each (K, N) or (N,) label set.
+
+    x holds the N examples along `example_dim` (0 for shared (N, ...) inputs, 1 for per-model (K, N, ...));
+    logits_fn maps `chunk` of them to (K, b, C) logits, or to (K, C, b) with classes_dim=1.
+    """
+    n = x.shape[example_dim]
+    if n == 0:
+        raise ValueError("there are no examples to evaluate")
+    sums: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i in range(0, n, chunk):
+        z = logits_fn(x.narrow(example_dim, i, min(chunk, n - i))).float()
+        if classes_dim != -1:
+            z = z.movedim(classes_dim, -1)  # (K, b, C)
+        k = z.shape[0]
+        if not sums:
+            sums = [(torch.zeros(k, device=z.device), torch.zeros(k, device=z.device)) for _ in label_sets]
+        m = z.amax(-1, keepdim=True)
+        lse = (z - m).exp_().sum(-1, keepdim=True).log_().add_(m).sum((1, 2))  # (K,): the loss is lse - z[y]
+        pred = z.argmax(-1)  # (K, b)
+        for (loss, wrong), ys in zip(sums, label_sets):
+            y = ys[..., i:i + chunk].expand(k, -1)  # a shared (b,) set serves every model
+            loss += lse - z.gather(-1, y.unsqueeze(-1)).sum((1, 2))
+            wrong += (pred != y).sum(1)
+    return [(loss / n, wrong / n) for loss, wrong in sums]

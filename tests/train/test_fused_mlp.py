@@ -1,0 +1,222 @@
+"""The fused K-MLP step: gradients, losses and logits equal autograd's for any depth, in both weight layouts
+(the sweep's bias rows, the race's nn.Linear views), padding stays zero, dropout masks are the stacked
+forward's, and both update styles equal torch.optim step by step for every optimizer they serve."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.nets.small import (NetConfig, _autograd_train_step, _mlp_stacked, eval_logits_fn, flat_stack, flat_views,
+                                 init_state, make_masks, stacked_forward, train_step_fn)
+from explorer.train.fused_mlp import (FLAT_KINDS, FlatOptimizer, FusedMLP, flat_layers, flat_size, init_model,
+                                      model_layers)
+from explorer.train.optimizers import OPTIMIZERS, OptimizerConfig, build_shared_optimizers, config_for
+
+CPU = torch.device("cpu")
+
+
+def _padded(widths: list[int], depth: int, seeds: list[int], in_dim: int = 40, classes: int = 10
+            ) -> tuple[torch.Tensor, list[int], list[list[int]]]:
+    """A flat tensor of K zero-padded MLPs (model i: `depth` hidden layers of widths[i]), its dims and each model's."""
+    dims = [in_dim, *[max(widths)] * depth, classes]
+    flat = torch.zeros(flat_size(len(widths), dims))
+    own = [[in_dim, *[w] * depth, classes] for w in widths]
+    for i, s in enumerate(seeds):
+        init_model(flat_layers(flat, len(widths), dims), i, own[i], torch.Generator().manual_seed(s))
+    return flat, dims, own
+
+
+def _reference(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> nn.Sequential:
+    """One model as nn.Linear + ReLU layers holding copies of (weight (in, out), bias (out,)) views."""
+    mods: list[nn.Module] = []
+    for i, (w, b) in enumerate(layers):
+        lin = nn.Linear(*w.shape)
+        with torch.no_grad():
+            lin.weight.copy_(w.T)
+            lin.bias.copy_(b)
+        mods += [lin] if i == len(layers) - 1 else [lin, nn.ReLU()]
+    return nn.Sequential(*mods)
+
+
+def _torch_optim(kind: str, params, lr: float) -> torch.optim.Optimizer:
+    """The torch.optim call a user would write for the sweep's settings, by hand."""
+    return {"sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=0.01),
+            "momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=0.01),
+            "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=0.01)}[kind]()
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+def test_step_equals_autograd_for_any_depth_with_per_model_and_shared_labels(depth: int) -> None:
+    flat, dims, own = _padded([3, 5, 5], depth, [0, 1, 2])
+    flat.add_(torch.randn(flat.shape, generator=torch.Generator().manual_seed(9)) * 0.3)  # padding too: any weights
+    x = torch.randn(13, 40, generator=torch.Generator().manual_seed(1))
+    for y in (torch.randint(0, 10, (3, 13), generator=torch.Generator().manual_seed(2)),
+              torch.randint(0, 10, (13,), generator=torch.Generator().manual_seed(3))):
+        grad = torch.full_like(flat, float("nan"))  # every entry must be written
+        net = FusedMLP(flat_layers(flat, 3, dims), flat_layers(grad, 3, dims))
+        loss, witness = torch.empty(3), torch.empty(3)
+        net.step(x, y, loss=loss, witness=witness)
+        leaf = flat.clone().requires_grad_()
+        z = x.expand(3, -1, -1)
+        for i, (w, b) in enumerate(flat_layers(leaf, 3, dims)):
+            z = torch.baddbmm(b.unsqueeze(1), z, w)
+            z = z.relu() if i < depth else z
+        ref = torch.stack([F.cross_entropy(z[k], y.expand(3, -1)[k]) for k in range(3)])
+        (ref_grad,) = torch.autograd.grad(ref.sum(), leaf)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loss, ref.detach(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(witness, z.detach().sum((1, 2)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.logits(x), z.detach().mT, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(net.logits(net.prepare(x), classes_last=True), z.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_bias_rows_and_separate_biases_give_the_same_step() -> None:
+    flat, dims, _ = _padded([6, 6], 2, [0, 1])
+    grad = torch.zeros_like(flat)
+    rows = FusedMLP(flat_layers(flat, 2, dims), flat_layers(grad, 2, dims))
+    # the same weights as separate tensors, weights stored (K, out, in) as nn.Linear does: the general path
+    sep = [(w.mT.contiguous().mT, b.clone()) for w, b in flat_layers(flat, 2, dims)]
+    sep_grad = [(torch.zeros_like(w.mT).mT, torch.zeros_like(b)) for w, b in sep]
+    general = FusedMLP(sep, sep_grad)
+    assert all(lay.block is not None for lay in rows.layers) and all(lay.block is None for lay in general.layers)
+    assert rows.input_width == 41 and general.input_width == 40
+    x, y = torch.randn(9, 4, 10), torch.randint(0, 10, (9,))  # inputs are flattened
+    loss_rows, loss_general = torch.empty(2), torch.empty(2)
+    rows.step(x, y, loss=loss_rows)
+    general.step(x, y, loss=loss_general)
+    torch.testing.assert_close(loss_rows, loss_general)
+    for (gw, gb), (sw, sb) in zip(flat_layers(grad, 2, dims), sep_grad):
+        torch.testing.assert_close(gw, sw, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gb, sb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rows.logits(x), general.logits(x))
+
+
+@pytest.mark.parametrize("kind", FLAT_KINDS)
+def test_flat_optimizer_equals_torch_optim_and_padding_stays_zero(kind: str) -> None:
+    widths, depth = [3, 5], 2
+    flat, dims, own = _padded(widths, depth, [0, 1])
+    grad = torch.zeros_like(flat)
+    layers = flat_layers(flat, 2, dims)
+    net = FusedMLP(layers, flat_layers(grad, 2, dims))
+    opt = FlatOptimizer(config_for(kind, 0.05, momentum=0.9, weight_decay=0.01), flat)
+    models = [_reference([(w.clone(), b.clone()) for w, b in model_layers(layers, i, own[i])]) for i in range(2)]
+    opts = [_torch_optim(kind, m.parameters(), 0.05) for m in models]
+    gen = torch.Generator().manual_seed(5)
+    for step in range(4):
+        lr = 0.05 / (1 + step)  # a schedule: the lr is the step's, not the config's
+        x, y = torch.randn(20, 40, generator=gen), torch.randint(0, 10, (2, 20), generator=gen)
+        net.step(net.prepare(x), y)
+        opt.step(grad, lr)
+        for k, (m, o) in enumerate(zip(models, opts)):
+            for group in o.param_groups:
+                group["lr"] = lr
+            o.zero_grad()
+            F.cross_entropy(m(x), y[k]).backward()
+            o.step()
+    for i, m in enumerate(models):
+        ours = model_layers(layers, i, own[i])
+        for (w, b), lin in zip(ours, [mod for mod in m if isinstance(mod, nn.Linear)]):
+            torch.testing.assert_close(w, lin.weight.detach().T, rtol=1e-4, atol=1e-5, msg=f"{kind} model {i}")
+            torch.testing.assert_close(b, lin.bias.detach(), rtol=1e-4, atol=1e-5)
+    w1, b1 = layers[0]
+    w2, b2 = layers[1]
+    assert w1[0, :, 3:].abs().max() == 0 and b1[0, 3:].abs().max() == 0  # model 0 is 3 wide in a group of 5
+    assert w2[0, 3:].abs().max() == 0 and w2[0, :, 3:].abs().max() == 0 and layers[2][0][0, 3:].abs().max() == 0
+
+
+def test_flat_optimizer_refuses_kinds_it_does_not_implement() -> None:
+    with pytest.raises(ValueError, match="implements sgd, momentum, adam"):
+        FlatOptimizer(OptimizerConfig("rmsprop"), torch.zeros(3))
+
+
+@pytest.mark.parametrize("dropout,batch,depth", [(0.0, 32, 2), (0.3, 32, 2), (0.5, 7, 2), (0.3, 16, 1), (0.2, 16, 3)])
+def test_race_layout_step_equals_autograd_and_masks_are_the_stacked_forwards(dropout: float, batch: int,
+                                                                              depth: int) -> None:
+    net_cfg = NetConfig("mlp", width=24, dropout=dropout, depth=depth)
+    k = 3
+    flat, params = flat_stack(init_state(net_cfg, (40,), 10, 0), k, CPU)
+    flat.add_(torch.randn(flat.shape, generator=torch.Generator().manual_seed(1)) * 0.1)  # copies differ
+    shapes = {name: t.shape[1:] for name, t in params.items()}
+    x = torch.randn(batch, 40, generator=torch.Generator().manual_seed(2))
+    y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(3))
+    results = []
+    for make in (train_step_fn, lambda cfg, p, g: functools.partial(_autograd_train_step, _mlp_stacked, p, g)):
+        grad_flat = torch.full_like(flat, float("nan"))  # every entry must be written
+        step = make(net_cfg, params, flat_views(grad_flat, shapes))
+        per = step(x, y, make_masks(dropout, torch.Generator().manual_seed(4), x.device, x.dtype))
+        results.append((per, grad_flat))
+    (per, grad), (per_ref, grad_ref) = results
+    torch.testing.assert_close(per, per_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+    # the same generator gives the stacked forward's training-mode logits, masks and all
+    z = stacked_forward(net_cfg, params, x, generator=torch.Generator().manual_seed(4), train=True)
+    torch.testing.assert_close(per, torch.stack([F.cross_entropy(z[i], y) for i in range(k)]), rtol=1e-6, atol=1e-6)
+    logits = eval_logits_fn(net_cfg, params)(x)
+    torch.testing.assert_close(logits, stacked_forward(net_cfg, params, x).transpose(1, 2), rtol=1e-6, atol=1e-6)
+
+
+def test_race_layout_with_shared_torch_optim_equals_one_loop_per_optimizer() -> None:
+    """Gradients into racer-major views, every registered optimizer as a param group: each racer's weights
+    equal its own textbook autograd + torch.optim loop."""
+    racers = tuple(OptimizerConfig(kind, 0.01) for kind in OPTIMIZERS)
+    net_cfg = NetConfig("mlp", width=16)
+    init = init_state(net_cfg, (40,), 10, 0)
+    flat, params = flat_stack(init, len(racers), CPU)
+    grad_flat = torch.zeros_like(flat)
+    mine = [[flat[i]] for i in range(len(racers))]
+    for i, row in enumerate(mine):
+        row[0].grad = grad_flat[i]
+    opts = build_shared_optimizers(racers, mine, CPU)
+    step = train_step_fn(net_cfg, params, flat_views(grad_flat, {n: t.shape for n, t in init.items()}))
+    nets = []
+    for r in racers:
+        m = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10))
+        m.load_state_dict({f"{i}.{p}": init[f"{n}.{p}"] for i, n in ((1, "fc1"), (3, "fc2"), (5, "out"))
+                           for p in ("weight", "bias")})
+        nets.append((m, r.spec.cls(m.parameters(), **r.kwargs())))
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        x, y = torch.randn(24, 40, generator=gen), torch.randint(0, 10, (24,), generator=gen)
+        step(x, y, make_masks(0.0, None, CPU, x.dtype))
+        opts.step()
+        for m, o in nets:
+            o.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+    for i, ((m, _), r) in enumerate(zip(nets, racers)):
+        ref = torch.cat([p.detach().flatten() for p in m.parameters()])
+        torch.testing.assert_close(flat[i], ref, rtol=2e-5, atol=1e-6, msg=r.kind)
+
+
+def test_the_witness_is_non_finite_exactly_when_the_loss_is() -> None:
+    x, y = torch.randn(6, 40), torch.randint(0, 10, (3, 6))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        flat, dims, _ = _padded([4, 4, 4], 2, [0, 1, 2])
+        layers = flat_layers(flat, 3, dims)
+        layers[-1][1][1, y[1, 0]] = bad  # model 1's bias of the first example's label: one logit non-finite
+        z = FusedMLP(layers).logits(x, classes_last=True)
+        loss = torch.stack([F.cross_entropy(z[k], y[k]) for k in range(3)])
+        net = FusedMLP(layers, flat_layers(torch.zeros_like(flat), 3, dims))
+        witness, ours = torch.empty(3), torch.empty(3)
+        net.step(x, y, witness=witness, loss=ours)
+        assert torch.equal(torch.isfinite(witness), torch.isfinite(loss)), bad
+        assert torch.isfinite(witness).tolist() == [True, False, True]
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(loss)), bad
+
+
+def test_bad_layers_and_a_step_without_gradients_are_refused() -> None:
+    flat, dims, _ = _padded([4, 4], 2, [0, 1])
+    layers = flat_layers(flat, 2, dims)
+    with pytest.raises(ValueError, match="do not chain"):
+        FusedMLP([layers[1], layers[0]])
+    with pytest.raises(ValueError, match="does not hold"):
+        flat_layers(flat[:-1], 2, dims)
+    with pytest.raises(ValueError, match="without gradient views"):
+        FusedMLP(layers).step(torch.randn(2, 40), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="takes 40"):
+        FusedMLP(layers).logits(torch.randn(2, 39))
