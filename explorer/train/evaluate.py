@@ -10,10 +10,12 @@ activations are never held at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
+HOST_SCAN = 64  # values already on the host, up to this many, are scanned in Python (faster than tensor ops)
 SMALL_LR = 1e-3  # at or below this, a too-high learning rate is no longer the likely cause
 
 
@@ -28,13 +30,22 @@ class Diverged(RuntimeError):
 
 def first_nonfinite(values: torch.Tensor, limit: torch.Tensor | None = None) -> list[int | None]:
     """Per model, the index of the first non-finite row of (steps, K) or (steps,) values, None where all
-    are finite; with `limit` (K,), a value above it counts as non-finite too. One host sync."""
+    are finite; with `limit` (K,), a value above it counts as non-finite too. One host sync when all are
+    finite (the common case), two otherwise."""
     values = values.reshape(len(values), -1)  # (steps,) -> (steps, 1)
-    ok = torch.isfinite(values)
+    if values.device.type == "cpu" and values.numel() <= HOST_SCAN:  # a few tensor ops cost more than a scan
+        bounds = [math.inf] * values.shape[1] if limit is None else limit.tolist()
+        rows = values.tolist()
+        # `v <= bound` is False for NaN, and inf only passes an infinite bound, so isfinite is checked too
+        return [next((s for s, row in enumerate(rows) if not (math.isfinite(row[i]) and row[i] <= bound)), None)
+                for i, bound in enumerate(bounds)]
+    bad = ~torch.isfinite(values)
     if limit is not None:
-        ok &= values <= limit
-    all_ok, first = ok.min(0)  # min over bools: False where any step is bad, at the first such index
-    return [None if s < 0 else s for s in first.masked_fill_(all_ok, -1).tolist()]
+        bad |= values > limit
+    if not bad.any():
+        return [None] * values.shape[1]
+    first = bad.to(torch.int8).argmax(0).tolist()  # the first True of each column
+    return [f if b else None for f, b in zip(first, bad.any(0).tolist())]
 
 
 def diverged_message(what: str, step: int, epoch: int | None = None, lr: float | None = None, *,

@@ -81,3 +81,17 @@ def test_diverged_message_names_the_run_the_step_and_what_to_change() -> None:
     assert "already small" in small and "extreme values" in small
     assert diverged_message("", 1).startswith("diverged at step 1: ")
     assert "lower the learning rate" in diverged_message("", 1)
+
+
+def test_first_nonfinite_scans_small_host_windows_like_the_tensor_path() -> None:
+    from explorer.train.evaluate import HOST_SCAN, first_nonfinite
+
+    g = torch.Generator().manual_seed(0)
+    for steps in (1, 3, 200):
+        x = torch.rand(steps, 6, generator=g)
+        x[-1, 1], x[0, 2], x[steps // 2, 4] = float("nan"), float("inf"), 50.0
+        limit = torch.full((6,), 10.0)
+        small, large = x, x.repeat(HOST_SCAN, 1)  # the same first bad rows; large takes the tensor path
+        for lim in (None, limit):
+            assert first_nonfinite(small, lim) == first_nonfinite(large, lim)
+        assert first_nonfinite(small, limit)[4] == steps // 2 and first_nonfinite(small)[4] is None

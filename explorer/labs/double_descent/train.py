@@ -20,8 +20,8 @@ from explorer.data.noise import noise_seed, noisy_labels
 from explorer.labs.double_descent.spec import EVAL_CHUNK, METRICS, Point, PointResult, SweepData, SweepSpec
 from explorer.nets import grouped as ddmodels
 from explorer.train import fused_mlp
-from explorer.train.optimizers import config_for
 from explorer.train.evaluate import diverged_message, evaluate, first_nonfinite
+from explorer.train.optimizers import build_optimizer, config_for
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and random 4-pixel crop of a padded copy, as whole-batch tensor ops."""
@@ -97,11 +97,8 @@ class _AutogradGroup:
         self.k = len(seeds)
         self.model = ddmodels.build(family, width, self.k, data.in_shape, data.num_classes).to(device)
         self.model.load_state_dict(ddmodels.restack(singles))
-        params = list(self.model.parameters())
-        wd = spec.weight_decay
-        self.opt = {"sgd": lambda: torch.optim.SGD(params, lr=spec.lr, weight_decay=wd),
-                    "momentum": lambda: torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=wd),
-                    "adam": lambda: torch.optim.Adam(params, lr=spec.lr, weight_decay=wd)}[spec.optimizer]()
+        self.opt = build_optimizer(config_for(spec.optimizer, spec.lr, momentum=spec.momentum,
+                                              weight_decay=spec.weight_decay), self.model.parameters())
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, ...) -> (K, B, C)."""

@@ -280,7 +280,7 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *,
     val_loss = [[float(v)] for v in vloss0.cpu()]
     diverged: list[int | None] = [None] * k
     messages: list[str | None] = [None] * k
-    first_loss: list[float] = []
+    limit = torch.full((k,), math.inf)  # blow-up limit (K,): BLOWUP_FACTOR x each racer's first loss
     order_dev = orders.to(dev)
 
     def snapshot() -> dict[str, Any]:
@@ -294,12 +294,10 @@ def train_race(cfg: TaskRaceConfig, data: TaskData, *,
     def sync(start: int, stop: int) -> None:
         """Pull a window of step losses to the host; mark racers whose loss stopped being finite."""
         window = step_loss[start:stop].cpu()  # (W, K): the one host sync of the window
-        if start == 0:
-            first_loss.extend(window[0].tolist())
+        if start == 0:  # cross-entropy stays finite long after training has blown up, so a huge loss counts too
+            limit.copy_(window[0]).mul_(BLOWUP_FACTOR)
         curve_step.append(stop)
         means = window.mean(0).tolist()
-        # Cross-entropy stays finite long after training has blown up, so a huge loss counts too.
-        limit = BLOWUP_FACTOR * torch.tensor(first_loss, dtype=torch.float64)
         for i, first_bad in enumerate(first_nonfinite(window, limit)):  # on the host already: no further sync
             if diverged[i] is not None:
                 continue
