@@ -341,7 +341,7 @@ def _maps(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
     poll_job(job, lambda j: _draw_progress(j, cfg, labels, test.classes), every=1.0)
 
 
-st.title("Data")
+st.title("Data maps")
 st.caption("How many images each class has, what they look like, and how the classes sit in a 2D map.")
 _init_from_url()
 if K + "link_error" in st.session_state:

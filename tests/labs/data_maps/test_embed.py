@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from explorer.core.cache import Cache
 from explorer.core.config import ConfigError
 from explorer.data import datasets as D
 from explorer.labs.data_maps import embed as E
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No downloads."""
-    monkeypatch.setenv("EXPLORER_OFFLINE", "1")
-    D._memo.clear()
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> Cache:
-    """This test's own cache."""
-    return Cache(tmp_path / "cache")
 
 
 SMALL = dict(dataset="digits", split="test", n_points=300, seed=3)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from explorer.core.cache import Cache
 from explorer.core.config import ConfigError
 from explorer.core.jobs import JobRunner, JobState
 from explorer.data import datasets as D
@@ -19,19 +17,6 @@ from explorer.labs.data_maps import representations as R
 from explorer.labs.double_descent.run import compute_group
 from explorer.labs.double_descent.spec import SweepSpec
 from explorer.nets.small import NetConfig
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No downloads."""
-    monkeypatch.setenv("EXPLORER_OFFLINE", "1")
-    D._memo.clear()
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> Cache:
-    """This test's own cache."""
-    return Cache(tmp_path / "cache")
 
 
 @pytest.fixture(autouse=True, scope="module")
