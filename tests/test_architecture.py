@@ -94,3 +94,27 @@ def test_a_cache_is_built_only_in_explorer_core_cache() -> None:
            if p != home for line in _cache_constructions(p)]
     assert not bad, bad
     assert _cache_constructions(home), "the checker should see cache.py's own constructions"
+
+
+def test_no_import_loops_in_the_core() -> None:
+    """No module of explorer/ reaches itself through its imports (imports inside functions included: an
+    import loop hidden in a function is still a loop)."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in _files("explorer")}
+    graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    loops = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                loops.append(" -> ".join(path[path.index(n):] + [n]))
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not loops, loops
