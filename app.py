@@ -10,6 +10,7 @@ from explorer.core.device import configure_threads
 from views.registry import LABS
 
 ROOT = Path(__file__).resolve().parent
+FAVICON = ROOT / "static" / "favicon.png"  # a local file: a Material icon favicon is fetched from a font CDN
 
 
 def home() -> None:
@@ -24,7 +25,7 @@ def home() -> None:
 
 
 configure_threads()
-st.set_page_config(page_title="explorer", page_icon=":material/science:", layout="wide")
+st.set_page_config(page_title="explorer", page_icon=FAVICON, layout="wide")
 nav = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)]
                     + [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in LABS])
 nav.run()

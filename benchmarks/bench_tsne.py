@@ -49,7 +49,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--sample", type=int, default=3000, help="points scored for trustworthiness")
     args = ap.parse_args()
-    ds = D.load("fashion_mnist", "test")
+    try:
+        ds = D.load("fashion_mnist", "test")
+    except D.DatasetUnavailable as err:  # the message says which folder and which files
+        raise SystemExit(f"bench_tsne needs Fashion-MNIST: {err}") from None
     cfg = E.MapConfig(dataset="fashion_mnist", split="test", method="tsne", n_points=args.points)
     index = E.point_index(len(ds), cfg.n_points, cfg.seed)
     x = ds.to_float()[index].reshape(len(index), -1).numpy()  # (n, 784)

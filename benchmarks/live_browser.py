@@ -80,6 +80,8 @@ def open_page(page, url: str, ready_text: str, timeout_ms: int = 90_000) -> None
 WATCH_JS = """
 () => {
   window.__frames = [];
+  window.__samples = 0;
+  window.__missing = 0;  // samples with no boundary image drawn (a blink)
   let last = null;
   const find = () => {
     for (const el of document.querySelectorAll('[data-testid="stImage"]')) {
@@ -89,6 +91,8 @@ WATCH_JS = """
   };
   window.__watch = setInterval(() => {
     const img = find();
+    window.__samples += 1;
+    if (!img || img.getBoundingClientRect().height <= 0) window.__missing += 1;
     if (img && img.complete && img.src !== last) { last = img.src; window.__frames.push([performance.now(), img.src]); }
   }, 4);
 }
@@ -96,7 +100,8 @@ WATCH_JS = """
 
 
 def measure_live(page, seconds: float) -> dict:
-    """After Play was pressed: distinct boundary images shown per second, and bytes per boundary image."""
+    """After Play was pressed: distinct boundary images shown per second, bytes per boundary image, and in how
+    many of the 4 ms samples the boundary image was missing or zero-sized (blinks)."""
     responses: list = []
 
     def on_response(resp) -> None:
@@ -106,16 +111,22 @@ def measure_live(page, seconds: float) -> dict:
     page.on("response", on_response)
     page.evaluate(WATCH_JS)
     page.wait_for_timeout(seconds * 1000)  # lets Playwright dispatch events while we wait
-    frames = page.evaluate("() => { clearInterval(window.__watch); return window.__frames; }")
+    watched = page.evaluate("() => { clearInterval(window.__watch); "
+                            "return [window.__frames, window.__samples, window.__missing]; }")
+    frames, samples, missing = watched
     page.remove_listener("response", on_response)
     sizes: dict[str, int] = {}
     for resp in responses:
         with contextlib.suppress(Exception):
             sizes[resp.url] = len(resp.body())
     if len(frames) < 2:
-        return {"frames": len(frames), "fps": 0.0, "max_bytes": 0, "mean_bytes": 0}
+        return {"frames": len(frames), "fps": 0.0, "max_bytes": 0, "mean_bytes": 0, "samples": samples,
+                "missing": missing}
     span = (frames[-1][0] - frames[0][0]) / 1000
+    for _, src in frames:
+        if src.startswith("data:"):  # an image sent inside the message: its bytes are in the URI
+            sizes[src] = len(src.partition(",")[2]) * 3 // 4
     boundary = [sizes[src] for _, src in frames if src in sizes]
     return {"frames": len(frames), "fps": (len(frames) - 1) / span if span > 0 else 0.0,
             "max_bytes": max(boundary, default=0), "mean_bytes": sum(boundary) / max(len(boundary), 1),
-            "sources": [src for _, src in frames]}
+            "sources": [src for _, src in frames], "samples": samples, "missing": missing}

@@ -1,8 +1,10 @@
-"""Test-wide settings: a private cache folder, the workplace's offline data folder when present; a recording Reporter."""
+"""Test-wide settings: a temporary cache folder (removed at the end), the offline data folder; a recording Reporter."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +14,26 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 
+_RUNTIME: Path | None = None  # the temporary runtime cache this session made (removed at its end)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Point the runtime cache at a fresh folder and the data folder at ../shared/datasets (if there)."""
-    base = Path(config.rootpath) / ".pytest_cache" / "explorer-runtime"
-    os.environ.setdefault("EXPLORER_CACHE_DIR", str(base / f"cache-{os.getpid()}"))
+    """Point the runtime cache at a fresh temporary folder and the data folder at ../shared/datasets (if there)."""
+    global _RUNTIME
+    if "EXPLORER_CACHE_DIR" not in os.environ:
+        _RUNTIME = Path(tempfile.mkdtemp(prefix="explorer-test-cache-"))
+        os.environ["EXPLORER_CACHE_DIR"] = str(_RUNTIME)
     if SHARED_DATASETS.is_dir():
         os.environ.setdefault("EXPLORER_DATA_DIR", str(SHARED_DATASETS))
     from explorer.core.cache import default_cache
 
     default_cache()  # built now, in the folder above: a test that sets EXPLORER_CACHE_DIR later passes its own Cache
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the temporary runtime cache (each run used to leave tens of MB behind)."""
+    if _RUNTIME is not None:
+        shutil.rmtree(_RUNTIME, ignore_errors=True)
 
 
 class Recorder:

@@ -13,9 +13,9 @@ from explorer.core.config import ConfigError
 from explorer.core.jobs import JobState
 from explorer.core.urlstate import Param, encode_params
 from explorer.data.toy2d import DOMAIN, GENERATORS, INPUT_FEATURES, UPLOAD, parse_points_csv, task_of
-from explorer.labs.boundaries.run import SPEEDS, PlaygroundRun, Snapshot, build_config
+from explorer.labs.boundaries.run import SPEEDS, PlaygroundRun, Snapshot, build_config, describe
 from explorer.nets.mlp import ACTIVATIONS, MAX_LAYERS, MAX_WIDTH
-from explorer.render.png import boundary_png, curves_png, matrix_png, tiles_png
+from explorer.render.png import boundary_png, curves_png, data_uri, network_svg
 from explorer.train.single_mlp import LOSSES, OPTIMIZER_KINDS
 from views.widgets import app_cache, config_or_stop, get_job, settings_from_url, start_job
 
@@ -32,6 +32,15 @@ SCHEMA = {
     "lecture": Param(bool, False), "hide": Param(tuple, ()),
 }
 K = "pg_"  # widget-key prefix
+# A live loop pushes frames into elements it drew once; it ends after LIVE_LOOP_S (so a script run is bounded
+# and elements left stale by a widget change are cleared within it) and the fragment's timer starts the next,
+# which replaces each element in place: nothing is removed, nothing blinks.
+LIVE_LOOP_S = 1.0
+FRAME_S = 0.02  # how often the loop looks for a new snapshot
+FULL_EVERY_S = 0.25  # the curves: at most 4 redraws per second (the boundary: every snapshot)
+NETWORK_EVERY_S = 1.0  # the network graph, an SVG the browser parses as HTML (the costliest element to redraw)
+BOUNDARY_CAPTION = "Output of the network over the input plane; points: train (white rim), test (black rim)"
+CURVES_CAPTION = "Loss curves: train and test loss per epoch"
 
 
 def _settings_to_config(v: dict, upload=None, upload_sha: str = ""):
@@ -93,7 +102,8 @@ def _controls(hide: set[str]) -> tuple[dict, object, str]:
                 st.stop()
             upload, upload_sha = config_or_stop(lambda: parse_points_csv(f.getvalue()))
         if "features" not in hide:
-            st.pills("Input features", list(INPUT_FEATURES), selection_mode="multi", key=K + "features")
+            # a multiselect, not pills: seven pills overflow a narrow column at 1280 px and clip
+            st.multiselect("Input features", list(INPUT_FEATURES), key=K + "features")
     with c_net:
         if "network" not in hide:
             st.markdown("**Network**")
@@ -141,31 +151,58 @@ def _sidebar(values: dict) -> None:
             st.caption("The link reopens this page with these settings (the copy icon is at the right).")
 
 
-def _draw_snapshot(snap: Snapshot, run: PlaygroundRun, show_test: bool, discrete: bool, ph: dict,
-                   full: bool) -> None:
-    """Draw one frame: counters and the boundary always; curves, neurons and weights when `full`."""
+def _frame(snap: Snapshot, run: PlaygroundRun, show_test: bool, discrete: bool, lecture: bool,
+           full: bool, network: bool) -> dict:
+    """One frame's content: the stats line and the boundary always; the curves when `full`, the network graph
+    when `network`. Images go as data URIs: a media file could be deleted by the server (superseded by a newer
+    frame) before a busy browser fetched it, and the image would vanish for a frame."""
     acc = snap.last("test_acc")
     line = (f"**Epoch {snap.epoch:,}** · step {snap.steps:,} · lr {snap.lr:g} · "
             f"train loss {snap.last('train_loss') or 0:.3f} · test loss {snap.last('test_loss') or 0:.3f}")
     if acc is not None:
         line += f" · test accuracy {acc:.1%}"
-    ph["stats"].markdown(line + f" · *{snap.status}*")
     split = run.split
-    png = boundary_png(snap.field, task=split.task, extent=DOMAIN, discretize=discrete,
-                       train=(split.raw_train, split.y_train.cpu().numpy()),
-                       test=(split.raw_test, split.y_test.cpu().numpy()) if show_test else None)
-    ph["boundary"].image(png, caption="Output of the network over the input plane; points: train (white rim), "
-                         "test (black rim)", width=360)
-    if not full:
-        return
-    h = snap.history
-    ph["curves"].image(curves_png({"train loss": (h["epoch"], h["train_loss"]),
-                                   "test loss": (h["epoch"], h["test_loss"])}), width=420)
-    if snap.neurons:
-        ph["neurons"].image(tiles_png(snap.neurons), caption="What each hidden neuron computes over the plane "
-                            "(columns: layers; up to 12 neurons each)")
-    ph["weights"].image(matrix_png(snap.weights), caption="Weight matrices, input to output "
-                        "(blue positive, orange negative)")
+    # lecture mode: drawn at about the size shown at 1920 px, so the 17 px fonts stay 17 px on the screen
+    font, size = (17, 540) if lecture else (13, 300)
+    boundary = boundary_png(snap.field, task=split.task, extent=DOMAIN, discretize=discrete, size=size,
+                            train=(split.raw_train, split.y_train.cpu().numpy()),
+                            test=(split.raw_test, split.y_test.cpu().numpy()) if show_test else None,
+                            axes=True, font_px=font)
+    frame = {"stats": line + f" · *{snap.status}*", "boundary": data_uri(boundary)}
+    if full:
+        h = snap.history
+        w, hgt = (720, 560) if lecture else (480, 330)
+        frame["curves"] = data_uri(curves_png({"train loss": (h["epoch"], h["train_loss"]),
+                                               "test loss": (h["epoch"], h["test_loss"])}, width=w, height=hgt,
+                                              font_px=font))
+    if network:
+        frame["network"] = network_svg(snap.inputs, snap.neurons, snap.weights, snap.field,
+                                       tile=56 if lecture else 40, width=1100 if lecture else 760, font_px=font)
+    return frame
+
+
+def _draw(frame: dict, slots: dict | None, lecture: bool) -> dict:
+    """Draw a frame: the first time as new elements (returned as slots), then into those same elements."""
+    width = "stretch" if lecture else "content"
+    if slots is None:
+        slots = {"stats": st.markdown(frame["stats"])}
+        left, right = st.columns([1, 1] if lecture else [1, 1.25])
+        slots["boundary"] = left.image(frame["boundary"], caption=BOUNDARY_CAPTION, width=width)
+        slots["curves"] = right.image(frame["curves"], caption=CURVES_CAPTION, width=width)
+        with st.expander("The network: what each neuron computes over the plane, and its weights", expanded=True):
+            # markdown with HTML, not st.html: st.html's sanitiser drops inline SVG (the SVG holds no user text)
+            slots["network"] = st.markdown(frame["network"], unsafe_allow_html=True)
+            st.caption("Inputs on the left, the output on the right (up to 12 neurons per layer shown); each line is "
+                       "a weight, blue positive, orange negative, thicker when larger; hover a line to read it.")
+        slots["message"] = st.empty()
+        return slots
+    slots["stats"].markdown(frame["stats"])
+    slots["boundary"].image(frame["boundary"], caption=BOUNDARY_CAPTION, width=width)
+    if "curves" in frame:
+        slots["curves"].image(frame["curves"], caption=CURVES_CAPTION, width=width)
+    if "network" in frame:
+        slots["network"].markdown(frame["network"], unsafe_allow_html=True)
+    return slots
 
 
 def page() -> None:
@@ -199,71 +236,77 @@ def page() -> None:
     run.set_speed(float(s[K + "speed"]))
 
     with bar:
-        b = st.columns([1, 1, 1, 1.4, 2.2])
+        b = st.columns([1, 1, 1, 1, 1.4, 2.2])
         active = not job.pause_requested and not job.is_final
-        if active:
-            b[0].button("⏸ Pause", key=K + "btn_pause", on_click=job.pause, use_container_width=True)
-        else:
-            b[0].button("▶ Play", key=K + "btn_play", on_click=job.resume, use_container_width=True,
-                        disabled=run.finished, type="primary")
-        b[1].button("Step", key=K + "btn_step", on_click=lambda: (s.update({K + "await": job.version}), job.step()),
+        # both buttons always drawn (one disabled): swapping one for the other would leave the old one stale
+        # beside the new one until the script run ends, and the controls would jump
+        b[0].button("Play", key=K + "btn_play", icon=":material/play_arrow:", on_click=job.resume,
+                    use_container_width=True, disabled=run.finished or active, type="primary")
+        b[1].button("Pause", key=K + "btn_pause", icon=":material/pause:", on_click=job.pause,
+                    use_container_width=True, disabled=not active)
+        b[2].button("Step", key=K + "btn_step", on_click=lambda: (s.update({K + "await": job.version}), job.step()),
                     disabled=run.finished or active,
                     use_container_width=True, help="Train one epoch.")
-        b[2].button("Reset", key=K + "btn_reset", use_container_width=True,
+        b[3].button("Reset", key=K + "btn_reset", use_container_width=True,
                     on_click=lambda: s.update({K + "reset": True, K + "no_cache": True}),
                     help="Back to the same initial weights, so a rerun is comparable.")
-        b[3].button("Re-initialise", key=K + "btn_reinit", on_click=_reinit, use_container_width=True,
+        b[4].button("Re-initialise", key=K + "btn_reinit", on_click=_reinit, use_container_width=True,
                     help="New random initial weights (a new weight seed).")
-        b[4].select_slider("Speed", list(SPEEDS), key=K + "speed", label_visibility="collapsed",
+        b[5].select_slider("Speed", list(SPEEDS), key=K + "speed", label_visibility="collapsed",
                            format_func=lambda v: "max speed" if v == 0 else f"{v} epochs/s",
                            help="Pace of training, so a lecture hall can follow; results do not depend on it.")
     if "views" not in hide:
         v = st.columns(4)
         v[0].toggle("Show test points", key=K + "test")
         v[1].toggle("Discretize output", key=K + "discrete")
+    st.text(describe(cfg))
     if run.from_cache:
         meta = run.cache_meta
         st.info(f"Finished run loaded from the cache (computed {meta.get('created', '?')} on "
                 f"{meta.get('device', '?')}, code {meta.get('code_version', '?')}). Press Reset to watch it train.")
-    _live(job, run, bool(s[K + "test"]), bool(s[K + "discrete"]))
+    _live(job, run, bool(s[K + "test"]), bool(s[K + "discrete"]), bool(s[K + "lecture"]))
 
 
-def _live(job, run: PlaygroundRun, show_test: bool, discrete: bool) -> None:
-    """Poll the job every second; while it runs, push frames for most of that second (about 25 per second)."""
+def _live(job, run: PlaygroundRun, show_test: bool, discrete: bool, lecture: bool) -> None:
+    """Draw the live view once, then push each new snapshot into the same elements while training.
 
-    @st.fragment(run_every=1.0 if not job.is_final else None)
+    Only while training does the fragment rerun (every LIVE_LOOP_S, a new loop); paused, stepped or finished, it
+    draws what changed and stops, so nothing is redrawn while nothing changes.
+    """
+    training = not job.pause_requested and not job.is_final
+
+    @st.fragment(run_every=LIVE_LOOP_S if training else None)
     def panel() -> None:
         job.touch()
-        ph = {"stats": st.empty()}
-        left, right = st.columns([1, 1.2])
-        with left:
-            ph["boundary"] = st.empty()
-        with right:
-            ph["curves"] = st.empty()
-        with st.expander("Neurons and weights", expanded=True):
-            n1, n2 = st.columns([1, 1])
-            ph["neurons"], ph["weights"] = n1.empty(), n2.empty()
-        ph["message"] = st.empty()
-        deadline = time.monotonic() + 0.9
-        seen, last_full = -1, 0.0
+        deadline = time.monotonic() + LIVE_LOOP_S
         awaited = st.session_state.pop(K + "await", None)  # after Step: wait for the stepped epoch
-        while True:
-            snap = job.snapshot
-            if snap is not None and job.version != seen:
-                seen = job.version
+        while job.snapshot is None and not job.is_final and time.monotonic() < deadline:
+            time.sleep(FRAME_S)  # the job publishes its first snapshot as soon as it starts
+        seen = job.version
+        snap = job.snapshot or run.snapshot()
+        slots = _draw(_frame(snap, run, show_test, discrete, lecture, True, True), None, lecture)
+        last_full = last_network = time.monotonic()
+        while time.monotonic() < deadline:
+            job.touch()
+            busy = job.state in (JobState.RUNNING, JobState.QUEUED)
+            if job.version != seen and job.snapshot is not None:
+                seen, snap = job.version, job.snapshot
                 now = time.monotonic()
-                full = now - last_full > 0.25 or job.state is not JobState.RUNNING
-                _draw_snapshot(snap, run, show_test, discrete, ph, full)
+                full = now - last_full >= FULL_EVERY_S or not busy
+                network = now - last_network >= NETWORK_EVERY_S or not busy
+                _draw(_frame(snap, run, show_test, discrete, lecture, full, network), slots, lecture)
                 last_full = now if full else last_full
-                if snap.status == "diverged":
-                    ph["message"].error(snap.message)
-            running = job.state in (JobState.RUNNING, JobState.QUEUED)
-            idle = not running and snap is not None and job.version == seen and job.version != awaited
-            if time.monotonic() > deadline or idle:
+                last_network = now if network else last_network
+                continue  # a frame took a while: look for the next at once
+            if not busy and seen != awaited:
                 break
-            time.sleep(0.03)
+            time.sleep(FRAME_S)
+        if snap.status == "diverged":
+            slots["message"].error(snap.message)
         if job.state is JobState.FAILED:
-            st.error(f"The run failed: {job.error}")
+            slots["message"].error(f"The run failed: {job.error}")
+        if training and job.is_final:
+            st.rerun()  # finished on its own: redraw the buttons (Play disabled) and stop the fragment's timer
 
     panel()
 

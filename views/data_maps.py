@@ -23,8 +23,10 @@ K = "data_"  # widget-key prefix
 FOLDER = "folder"  # the menu entry for the user's own image folder
 SCHEMA = {"dataset": Param(str, "fashion_mnist"), "method": Param(str, "tsne"), "points": Param(int, 2000),
           "folder": Param(str, ""), "features": Param(str, "pixels")}  # features: the embedding space (shared links)
-MAX_THUMBS = 3000  # points of a map that carry a hover thumbnail...
-MAX_THUMB_BYTES = 6_000_000  # ...within this page payload (about 1,600 CIFAR or 3,000 Fashion-MNIST images)
+# Every point of a map carries its hover thumbnail up to this page payload: all 20,000 points of a Fashion-MNIST
+# map (about 0.9 KB each) or about 9,000 CIFAR-10 points (about 2.6 KB each as JPEG; 5.1 MB for the default 2,000).
+MAX_THUMB_BYTES = 24_000_000
+GALLERY_PX = 96  # gallery images enlarged (nearest neighbour) to about this size: 32-pixel CIFAR is unreadable
 MAX_SELECTED = 120  # images shown for a selected region
 MAX_GALLERY_CLASSES = 20
 MAX_LIVE_POINTS = 2500  # points drawn while a map optimises (the finished map shows all)
@@ -124,7 +126,7 @@ def _gallery(train: D.ArrayDataset) -> None:
     c[2].button("Reshuffle", key=K + "reshuffle",
                 on_click=lambda: st.session_state.update({K + "gallery_seed": int(seed) + 1}))
     sub = D.subset(train, int(n), int(seed))
-    scale = max(1, 56 // max(train.input_shape[-1], 1)) if train.is_image else 2
+    scale = max(1, GALLERY_PX // max(train.input_shape[-1], 1)) if train.is_image else 2
     shown = range(min(train.num_classes, MAX_GALLERY_CLASSES))
     cols = st.columns(2)
     for k, cls in enumerate(shown):
@@ -243,16 +245,16 @@ def _scatter(df: pd.DataFrame, classes: tuple[str, ...], tooltip: list) -> alt.C
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _thumbnails(dataset: str, split: str, n_points: int, seed: int) -> dict[int, str]:
-    """Data-URI thumbnails for a seeded sample of a map's points, within MAX_THUMBS and MAX_THUMB_BYTES."""
+    """Data-URI thumbnails of a map's points: every point, or a seeded sample within MAX_THUMB_BYTES."""
     test = D.load(dataset, split)
     index = E.point_index(len(test), n_points, seed).numpy()
-    pick = np.random.default_rng(seed).choice(len(index), min(len(index), MAX_THUMBS), replace=False)
     thumbs, size = {}, 0
-    for i in pick:
+    for i in np.random.default_rng(seed).permutation(index):
+        uri = G.data_uri(test.x[int(i)])
+        size += len(uri)
         if size > MAX_THUMB_BYTES:
             break
-        thumbs[int(index[i])] = uri = G.data_uri(test.x[int(index[i])])
-        size += len(uri)
+        thumbs[int(i)] = uri
     return thumbs
 
 
@@ -278,7 +280,9 @@ def _draw_map(result: E.MapResult, test: D.ArrayDataset) -> None:
     if "kl_divergence" in m:
         figures.append(f"{m['iterations']} iterations, KL {m['kl_divergence']:.3f}"
                        + (", stopped: converged" if m.get("converged") else ""))
-    st.caption(" · ".join(figures) + f". Thumbnails on hover for {len(thumbs):,} points.")
+    shown = ("every point" if len(thumbs) == len(df)
+             else f"{len(thumbs):,} of {len(df):,} points (the page's payload limit)")
+    st.caption(" · ".join(figures) + f". Hover a point for its image: {shown}.")
     space = f" --space {c.space}" if c.space != "pixels" else ""
     show_provenance(result.entry, recompute=f"python -m explorer map --dataset {c.dataset} --method {c.method} "
                                             f"--points {c.n_points}{space}")
@@ -322,6 +326,8 @@ def _draw_progress(job: Job, cfg: E.MapConfig, labels: np.ndarray, classes: tupl
 def _maps(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
     """Compute (as a job) or show the cached 2D map of the test set."""
     st.subheader("Map of the test set")
+    st.markdown("**What to look for:** no label is used to place the points, yet most classes gather into their "
+                "own islands; classes that look alike sit side by side or overlap. Hover a point to see its image.")
     cfg = _map_controls(train, test)
     cache = app_cache()
     result = E.cached_map(cfg, cache)

@@ -10,11 +10,11 @@ import pandas as pd
 import streamlit as st
 
 from explorer.core.config import ConfigError
-from explorer.core.report import progress_line
+from explorer.core.report import hms, progress_line
 from explorer.labs.double_descent.random_features import KINDS, RFConfig, cached_run, features_around
-from explorer.labs.double_descent.results import (describe, interpolation_threshold, list_sweeps, recompute_command,
-                                                  sweep_frame)
-from explorer.labs.double_descent.run import run_sweep
+from explorer.labs.double_descent.results import (clearest_sweep, describe, interpolation_threshold, list_sweeps,
+                                                  peak_rise, recompute_command, sweep_frame)
+from explorer.labs.double_descent.run import plan_sweep, run_sweep
 from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, live_spec
 from views.widgets import app_cache, config_or_stop, get_job, poll_job, show_provenance, split_dash, start_job
 
@@ -22,10 +22,13 @@ K = "dd_"  # widget-key prefix
 METRIC_LABELS = {"test_err": "test error (clean labels)", "test_err_noisy": "test error (noisy labels)",
                  "test_loss": "test loss (clean labels)", "train_err": "train error", "train_loss": "train loss"}
 # Presets of the live sweep: widths, label noise (%), epochs. "The peak" shows model-wise double descent with one
-# seed (test error 0.48 at width 16, 0.56 at 40, 0.49 at 200): 58 s alone on one core, 91 s from the page with the
-# server and the browser on the same 2-core machine.
-LIVE_PRESETS = {"quick look (seconds)": ((4, 16, 64), 15, 30),
-                "the peak (500 epochs, 1-2 minutes)": ((4, 8, 16, 25, 32, 40, 50, 64, 100, 200), 15, 500)}
+# seed (test error 0.48 at width 16, 0.56 at 40, 0.49 at 200). After 30 epochs no width fits its training labels
+# yet, so the quick one shows only the error falling with width. Times on screen come from plan_sweep's estimate
+# and the job's own ETA, not from here.
+LIVE_PRESETS = {"the peak (500 epochs)": ((4, 8, 16, 25, 32, 40, 50, 64, 100, 200), 15, 500),
+                "quick look (30 epochs: error falls with width, no peak yet)": ((4, 16, 64), 15, 30)}
+RF_METRICS = {"classification error": ("test_err", "train_err"), "squared error": ("test_mse", "train_mse")}
+RF_CLIP = 4.0  # the squared-error axis ends at this many times the median test error, so the peak's sides show
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -39,8 +42,17 @@ def _entries() -> dict:
     return {e.key: e for e in list_sweeps(app_cache())}
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _clearest(keys: tuple[str, ...]) -> str | None:
+    """The key of the sweep with the clearest model-wise peak (results.clearest_sweep) among these."""
+    entries = _entries()
+    best = clearest_sweep([entries[k] for k in keys if k in entries])
+    return best.key if best is not None else None
+
+
 def _pick_sweep(entries: dict) -> str | None:
-    """The sweep chosen in the selector; ?sweep=<key prefix> preselects one, a bad one gets a message."""
+    """The sweep chosen in the selector: ?sweep=<key prefix> preselects one (a bad one gets a message), else the
+    one with the clearest peak."""
     keys = list(entries)
     wanted = st.query_params.get("sweep")
     if wanted and K + "sweep" not in st.session_state:
@@ -48,9 +60,11 @@ def _pick_sweep(entries: dict) -> str | None:
         if match:
             st.session_state[K + "sweep"] = match[0]
         else:
-            st.warning(f"No sweep matches `sweep={wanted}` from the link; showing the newest one instead.")
+            st.warning(f"No sweep matches `sweep={wanted}` from the link; showing the one with the clearest peak.")
     if not keys:
         return None
+    if st.session_state.get(K + "sweep") not in entries:
+        st.session_state[K + "sweep"] = _clearest(tuple(keys))
     return st.selectbox("Sweep", keys, format_func=lambda k: describe(entries[k]), key=K + "sweep")
 
 
@@ -129,6 +143,15 @@ def sweep_view() -> None:
     x_axis = c2.radio("x axis", ["width", "params"], horizontal=True, key=K + "xaxis")
     epoch = c3.select_slider("At epoch", epochs, key=K + "epoch") if len(epochs) > 1 else epochs[0]
     st.subheader("Model-wise: error against model size")
+    rise, at = peak_rise(entry)
+    if rise > 0:
+        st.info(f"What to look for: at {100 * at['noise']:g}% label noise the test error (last epoch, seed mean) "
+                f"falls to {at['low']:.3f} at width {at['low_width']}, rises to {at['peak']:.3f} at width "
+                f"{at['peak_width']} near the interpolation threshold (dotted rule: the training labels are first "
+                "fitted), then falls again as the models grow.")
+    else:
+        st.info("What to look for: this sweep shows no model-wise peak at its last epoch; the test error only falls "
+                "with width. Pick a sweep with label noise and long training for the peak.")
     closed_form = entry.config["family"].startswith("rf_")
     st.altair_chart(_model_wise(df, metric, x_axis, int(epoch), closed_form), width="stretch")
     st.caption("Solid: the chosen test metric; dashed: the same on the (noisy) training labels. Line: mean over "
@@ -159,11 +182,25 @@ def live_sweep() -> None:
     if K + "live_widths" not in st.session_state:  # the first preset; widgets then take their values from here
         use_preset()
     with st.form(K + "live_form"):
-        c1, c2, c3 = st.columns(3)
-        widths = c1.multiselect("Widths", LIVE_WIDTHS, key=K + "live_widths")
+        widths = st.multiselect("Widths", LIVE_WIDTHS, key=K + "live_widths")  # full width: every pill stays visible
+        c2, c3 = st.columns(2)
         noise = c2.slider("Label noise (%)", 0, 50, key=K + "live_noise")
         epochs = c3.slider("Epochs", 5, LIVE_MAX_EPOCHS, key=K + "live_epochs")
         go = st.form_submit_button("Compute", key=K + "live_go")
+    try:
+        plan = plan_sweep(live_spec(widths, noise, epochs), app_cache())
+    except ConfigError:
+        plan = None  # the Compute button says why
+    if plan is not None:
+        if plan.summary is not None:
+            st.caption("This sweep is cached: Compute shows it at once.")
+        elif plan.estimate_s is not None:
+            st.caption(f"{len(plan.missing)} points to compute, {plan.cached} cached. Estimated "
+                       f"{hms(plan.estimate_s)} ({plan.estimate_from}); the progress bar's ETA then measures this "
+                       "run, which is slower while the machine is busy.")
+        else:
+            st.caption(f"{len(plan.missing)} points to compute; no estimate yet ({plan.estimate_from}). The progress "
+                       "bar's ETA measures this run.")
     if go:
         spec = config_or_stop(lambda: live_spec(widths, noise, epochs))
         cache = app_cache()
@@ -195,6 +232,8 @@ def random_features() -> None:
     n = c2.select_slider("Train points n", [100, 200, 300, 500, 800, 1000], value=300, key=K + "rf_n")
     kind = c3.radio("Features", KINDS, horizontal=True, key=K + "rf_kind")
     noise = c4.slider("Label noise (%)", 0, 50, 0, key=K + "rf_noise")
+    shown = st.radio("Show", list(RF_METRICS), horizontal=True, key=K + "rf_metric",
+                     help="Both on a linear axis; squared error is what the least-squares fit minimises.")
     cfg = config_or_stop(lambda: RFConfig(dataset=dataset, train_size=n, test_size=1000, kind=kind,
                                           features=features_around(n), noise=noise / 100))
     slot = f"{K}rf_{hash(cfg)}"
@@ -211,14 +250,29 @@ def random_features() -> None:
                 return
             fits, entry = j.result
             df = pd.DataFrame([dataclasses.asdict(f) for f in fits])
-            long = df.melt(id_vars="features", value_vars=["test_mse", "train_mse"], var_name="set")
-            x = alt.X("features:Q", scale=alt.Scale(type="log"), title="number of random features p")
-            chart = alt.Chart(long).mark_line(point=True).encode(
-                x=x, y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="squared error"), color="set:N")
+            test_col, train_col = RF_METRICS[shown]
+            long = df.melt(id_vars="features", value_vars=[test_col, train_col], var_name="set")
+            long["set"] = long["set"].map({test_col: "test", train_col: "train"})
+            x = alt.X("features:Q", scale=alt.Scale(type="log", nice=False, domain=[int(df["features"].min()),
+                                                                                   int(df["features"].max())]),
+                      title="number of random features p")
+            # Linear axes: on a log axis the peak is squashed. Squared error explodes at p = n, so its axis ends
+            # at a multiple of the median and the points above it are drawn at the top edge.
+            top = 1.0 if test_col == "test_err" else RF_CLIP * float(df[test_col].median())
+            y = alt.Y("value:Q", scale=alt.Scale(domain=[0, top], clamp=True, nice=False), title=shown)
+            chart = alt.Chart(long).mark_line(point=True, clip=True).encode(
+                x=x, y=y, color=alt.Color("set:N", title=None),
+                tooltip=["features", "set", alt.Tooltip("value:Q", format=".3f")])
             rule = alt.Chart(pd.DataFrame({"n": [n]})).mark_rule(strokeDash=[4, 4]).encode(x="n:Q")
             st.altair_chart(chart + rule, width="stretch")
-            st.caption(f"Dashed rule: p = n = {n}. Test error (argmax) at p = n: "
-                       f"{df.set_index('features').loc[n, 'test_err']:.3f}.")
+            by_p = df.set_index("features")
+            below = by_p[by_p.index < n]
+            low = f"from {below[test_col].min():.3f} (p = {below[test_col].idxmin()}) " if len(below) else ""
+            clipped = (f" The axis ends at {top:.2f} ({RF_CLIP:g} x the median); the peak reaches "
+                       f"{by_p[test_col].max():.3f}." if by_p[test_col].max() > top else "")
+            st.caption(f"Dashed rule: p = n = {n}. The test {shown} rises {low}to {by_p.loc[n, test_col]:.3f} at "
+                       f"p = n, then falls again as p grows; test error (argmax) at p = n: "
+                       f"{by_p.loc[n, 'test_err']:.3f}.{clipped}")
             show_provenance(entry)
 
         poll_job(job, draw)

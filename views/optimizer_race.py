@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
 import math
+from pathlib import Path
 
 import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
+import streamlit.components.v2 as components
 
 from explorer.core.config import check_choice
 from explorer.core.jobs import Job
@@ -20,6 +25,20 @@ from explorer.train.optimizers import LR_RANGE, OPTIMIZERS, OptimizerConfig
 from views.widgets import app_cache, config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
 
 K = "opt_"  # widget-key prefix
+REPLAY_CSS = """
+.race { font: 16px sans-serif; color: var(--st-text-color, #31333f); }
+.race .bar { display: flex; flex-wrap: wrap; gap: 8px 12px; align-items: center; margin-bottom: 6px; }
+.race button { font: inherit; padding: 4px 14px; border-radius: 8px; border: 1px solid #bbb; background: #fff;
+  color: #31333f; cursor: pointer; }
+.race button.play { min-width: 5.5em; font-weight: 600; }
+.race .scrub { flex: 1 1 200px; min-width: 160px; }
+.race .label { font-weight: 600; min-width: 9em; font-variant-numeric: tabular-nums; }
+.race .legend { display: flex; flex-wrap: wrap; gap: 4px 18px; margin: 4px 0 8px; }
+.race .legend i { display: inline-block; width: 22px; height: 4px; margin: 0 6px 4px 0; vertical-align: middle; }
+.race .body { display: flex; gap: 24px; }
+.race .curves { display: flex; flex-direction: column; gap: 8px; }
+.race canvas.surface { cursor: crosshair; }
+"""
 SURFACE_NAMES = [*SURFACES, "custom"]
 SURFACE_LABELS = {**{k: s.label for k, s in SURFACES.items()}, "custom": "Custom formula"}
 DATASET_LABELS = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10 (subset)"}
@@ -27,8 +46,13 @@ DEFAULT_KINDS = ["sgd", "momentum", "rmsprop", "adam"]
 SCHEMA = {"surface": Param(str, "rosenbrock"), "x": Param(float, math.nan), "y": Param(float, math.nan),
           "steps": Param(int, 300)}
 GRID = 70  # heat-map cells per side
-ARROW = 0.08  # arrow length as a fraction of the plot width (directions only)
-FRAME_S = 0.12  # seconds between animation frames
+# One fixed colour per optimizer kind, whichever are ticked (Tableau 10, the Vega default palette).
+RACER_COLOURS = {"sgd": "#1f77b4", "momentum": "#ff7f0e", "nesterov": "#2ca02c", "adagrad": "#d62728",
+                 "rmsprop": "#9467bd", "adadelta": "#8c564b", "adam": "#e377c2", "adamw": "#7f7f7f",
+                 "nadam": "#bcbd22", "radam": "#17becf"}
+_REPLAY = components.component(
+    "explorer.optimizer_race_replay", js=(Path(__file__).with_name("optimizer_race_replay.js")).read_text(),
+    css=REPLAY_CSS)
 
 
 def _init_from_url() -> None:
@@ -67,102 +91,67 @@ def racers_ui(kinds: list[str], lr_of: dict[str, float], where: str) -> list[tup
     return out
 
 
+def _f32(values: np.ndarray | None) -> str | None:
+    """A float array as base64 float32: a quarter of the JSON text, and exact enough to draw."""
+    return None if values is None else base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+
+
+def _angle(v: np.ndarray, sign: float) -> np.ndarray:
+    """The direction of sign * v in radians (NaN where v is zero: no arrow)."""
+    ang = np.arctan2(sign * v[:, 1], sign * v[:, 0])
+    return np.where(np.linalg.norm(v, axis=1) > 0, ang, np.nan)
+
+
 @st.cache_data(max_entries=64, show_spinner="Racing...")
-def _surface_frames(cfg: SurfaceRaceConfig) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """All tracks as one long table (racer, step, x, y, loss, distance, arrows), the labels, and messages."""
+def _race_data(cfg: SurfaceRaceConfig) -> tuple[list[dict], bool, list[str]]:
+    """Every track encoded once for the browser (positions, loss, distance, arrow directions), whether every
+    loss is positive (a log axis), and the messages."""
     race = race_surface(cfg)
-    x0, x1, _, _ = race.surface.domain
-    length = ARROW * (x1 - x0)
-    rows = []
+    racers = []
     for tr in race.tracks:
-        n = len(tr.path)
-        if n == 0:
+        if len(tr.path) == 0:
             continue
-        path, g = tr.path.numpy(), tr.grad.numpy()
-        gdir = -g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300) * length  # descent direction
-        m = tr.momentum.numpy() if tr.momentum is not None else np.zeros_like(g)
-        mdir = -m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-300) * length
-        mdir[np.linalg.norm(m, axis=1) == 0] = 0.0
-        rows.append(pd.DataFrame({
-            "racer": tr.label, "step": np.arange(n), "x": path[:, 0], "y": path[:, 1],
-            "loss": tr.loss.numpy(), "distance": tr.distance.numpy() if tr.distance is not None else np.nan,
-            "gx": path[:, 0] + gdir[:, 0], "gy": path[:, 1] + gdir[:, 1],
-            "mx": path[:, 0] + mdir[:, 0], "my": path[:, 1] + mdir[:, 1],
-        }))
-    messages = [f"{tr.label}: {tr.message}" for tr in race.tracks if tr.message]
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(), [t.label for t in race.tracks], messages
+        racers.append({
+            "label": tr.label, "kind": tr.config.kind, "colour": RACER_COLOURS[tr.config.kind],
+            "x": _f32(tr.path[:, 0].numpy()), "y": _f32(tr.path[:, 1].numpy()), "loss": _f32(tr.loss.numpy()),
+            "dist": _f32(tr.distance.numpy() if tr.distance is not None else None),
+            "gang": _f32(_angle(tr.grad.numpy(), -1.0)),  # descent direction
+            "mang": _f32(_angle(tr.momentum.numpy(), -1.0) if tr.momentum is not None else None),
+            "n": len(tr.path),
+        })
+    log_loss = all(bool((tr.loss > 0).all()) for tr in race.tracks)
+    return racers, log_loss, [f"{tr.label}: {tr.message}" for tr in race.tracks if tr.message]
 
 
 @st.cache_data(max_entries=16)
-def _heatmap(surface: str, formula: str) -> pd.DataFrame:
-    """The surface on a GRID x GRID lattice, log-scaled and banded so the bands read as contour lines."""
+def _heatmap(surface: str, formula: str) -> list[float | None]:
+    """The surface on a GRID x GRID lattice (row 0 the lowest y), log-scaled and banded so bands read as contours."""
     surf = SURFACES[surface] if surface in SURFACES else SurfaceRaceConfig("custom", (0.0, 0.0), 1,
                                                                            (OptimizerConfig(),),
                                                                            formula=formula).get_surface()
-    xs, ys, z = surf.grid(GRID)
+    _, _, z = surf.grid(GRID)
     z = z.numpy()
     finite = np.isfinite(z)
     zmin = z[finite].min() if finite.any() else 0.0
     level = np.log10(np.where(finite, z - zmin, np.nan) + 1e-3)
     band = np.floor(level * 3) / 3  # a third of a decade per band
-    gx, gy = np.meshgrid(xs.numpy(), ys.numpy())
-    dx, dy = float(xs[1] - xs[0]), float(ys[1] - ys[0])
-    return pd.DataFrame({"x": gx.ravel(), "y": gy.ravel(), "x2": gx.ravel() + dx, "y2": gy.ravel() + dy,
-                         "log10 loss": band.ravel()})
+    return [None if not math.isfinite(v) else round(float(v), 3) for v in band.ravel()]
 
 
-def _race_chart(cfg: SurfaceRaceConfig, frames: pd.DataFrame, frame: int, arrows: bool) -> alt.Chart:
-    """Contour heat map (click to pick the start), paths so far, current points, arrows and minima."""
+def replay_data(cfg: SurfaceRaceConfig, raced: bool, autoplay: bool, run: int = 0) -> tuple[dict, list[str]]:
+    """What the browser replay gets, once per race (`run` counts presses of Race): surface, minima, start and,
+    once raced, every track."""
     surf = cfg.get_surface()
-    x0, x1, y0, y1 = surf.domain
-    sx, sy = alt.Scale(domain=[x0, x1], nice=False), alt.Scale(domain=[y0, y1], nice=False)
-    pick = alt.selection_point(name="start", fields=["x", "y"], on="click", nearest=True)
-    heat = alt.Chart(_heatmap(cfg.surface, cfg.formula)).mark_rect().encode(
-        x=alt.X("x:Q", scale=sx), x2="x2:Q", y=alt.Y("y:Q", scale=sy), y2="y2:Q",
-        color=alt.Color("log10 loss:Q", scale=alt.Scale(scheme="greys", reverse=True), legend=None),
-        tooltip=[alt.Tooltip("x:Q", format=".2f"), alt.Tooltip("y:Q", format=".2f")],
-    ).add_params(pick)
-    layers = [heat]
-    minima = pd.DataFrame(surf.minima, columns=["x", "y"])
-    if len(minima):
-        layers.append(alt.Chart(minima).mark_point(shape="cross", size=160, color="#d62728", filled=True).encode(
-            x=alt.X("x:Q", scale=sx), y=alt.Y("y:Q", scale=sy)))
-    if len(frames):
-        upto = frames[frames.step <= frame]
-        now = upto.sort_values("step").groupby("racer", sort=False).tail(1)
-        color = alt.Color("racer:N", legend=alt.Legend(orient="bottom", columns=2, title=None))
-        layers.append(alt.Chart(upto).mark_line(strokeWidth=2, clip=True).encode(
-            x=alt.X("x:Q", scale=sx), y=alt.Y("y:Q", scale=sy), order="step:Q", color=color))
-        layers.append(alt.Chart(now).mark_circle(size=70, opacity=1, clip=True).encode(
-            x=alt.X("x:Q", scale=sx), y=alt.Y("y:Q", scale=sy), color=color,
-            tooltip=["racer", "step", alt.Tooltip("loss:Q", format=".4g"), alt.Tooltip("x:Q", format=".4f"),
-                     alt.Tooltip("y:Q", format=".4f")]))
-        if arrows:
-            layers.append(alt.Chart(now).mark_rule(strokeWidth=2, clip=True).encode(
-                x="x:Q", y="y:Q", x2="gx:Q", y2="gy:Q", color=color))
-            layers.append(alt.Chart(now).mark_rule(strokeWidth=2, strokeDash=[4, 3], clip=True).encode(
-                x="x:Q", y="y:Q", x2="mx:Q", y2="my:Q", color=color))
-    return alt.layer(*layers).properties(width=460, height=460)
-
-
-def _curves(frames: pd.DataFrame, frame: int) -> None:
-    """Loss and distance to the nearest minimum against the step, up to the current frame."""
-    upto = frames[frames.step <= frame]
-    for col, title in (("loss", "loss (log scale)"), ("distance", "distance to the nearest minimum (log)")):
-        data = upto[upto[col] > 0] if col == "loss" else upto.dropna(subset=[col])
-        if col == "loss" and (upto["loss"] <= 0).any():  # negative minima: plot the raw loss
-            data, title = upto, "loss"
-        if data.empty:
-            continue
-        scale = alt.Scale(type="log") if "log" in title else alt.Scale()
-        st.altair_chart(alt.Chart(data).mark_line().encode(
-            x=alt.X("step:Q", scale=alt.Scale(domain=[0, int(frames.step.max())])),
-            y=alt.Y(f"{col}:Q", title=title, scale=scale), color=alt.Color("racer:N", legend=None),
-        ).properties(height=190), width="stretch")
+    racers, log_loss, messages = _race_data(cfg) if raced else ([], True, [])
+    ident = hashlib.sha256(repr((cfg, raced, run)).encode()).hexdigest()[:16]
+    return {"id": ident, "domain": list(surf.domain), "grid_n": GRID, "band": _heatmap(cfg.surface, cfg.formula),
+            "minima": [list(map(float, m)) for m in surf.minima], "start": list(cfg.start),
+            "steps": max((r["n"] - 1 for r in racers), default=0), "log_loss": log_loss, "racers": racers,
+            "autoplay": autoplay}, messages
 
 
 def surface_tab() -> None:
-    """The 2-D race: settings, Race / Play / Step, the animated contour plot and the curves."""
+    """The 2-D race: settings, Race, then the replay drawn in the browser (Play / Pause / Step / scrub)."""
     pending = st.session_state.pop(K + "picked", None)
     if pending is not None:  # a click on the plot picked a new start
         st.session_state[K + "x"], st.session_state[K + "y"] = pending
@@ -185,75 +174,41 @@ def surface_tab() -> None:
     lr_of = {k: SURFACES[name].suggested_lr(k) if name in SURFACES else 0.02 for k in OPTIMIZERS}
     racers = racers_ui(kinds, lr_of, f"surf_{name}")
     noise_default = SURFACES[name].grad_noise if name in SURFACES else 0.0
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns([2, 1])
     noise = c1.number_input("gradient noise (std)", value=noise_default, min_value=0.0, key=f"{K}noise_{name}",
                             help="Gaussian noise added to every gradient; the same draws for every racer")
-    arrows = c2.toggle("show gradient and momentum arrows", value=True, key=K + "arrows",
-                       help="solid: −gradient, dashed: −momentum (directions only)")
     cfg = config_or_stop(lambda: SurfaceRaceConfig(
         name, (float(x), float(y)), int(steps),
         tuple(OptimizerConfig(k, float(lr), hps) for k, lr, hps in racers), float(noise), formula=formula))
-    if c3.button("Race", type="primary", key=K + "race_btn"):
+    fresh = c2.button("Race", type="primary", key=K + "race_btn")
+    if fresh:  # every press replays from the start, even of the same race
         st.session_state[K + "race"] = cfg
-        st.session_state[K + "frame"] = 0
-        st.session_state[K + "playing"] = True
-    raced = st.session_state.get(K + "race")
-    shown = raced if raced == cfg else None
-    frames, _, messages = _surface_frames(shown) if shown else (pd.DataFrame(), [], [])
-    if shown is None:
-        st.info("Press **Race** to start every ticked optimizer from the start point, or click on the plot "
-                "to pick another start.")
-    _animation(shown or cfg, frames, messages, arrows)
+        st.session_state[K + "race_n"] = st.session_state.get(K + "race_n", 0) + 1
+    raced = st.session_state.get(K + "race") == cfg
+    if not raced:
+        st.info("Press **Race** to start every ticked optimizer from the start point (the black circle), or "
+                "click on the surface to pick another start.")
+    data, messages = replay_data(cfg, raced, autoplay=fresh, run=st.session_state.get(K + "race_n", 0))
+    result = _REPLAY(data=data, key=K + "replay", on_pick_change=lambda: None)
+    pick = getattr(result, "pick", None)
+    if pick:  # a click on the surface: the new start, rounded to the inputs' precision
+        st.session_state[K + "picked"] = (round(float(pick[0]), 4), round(float(pick[1]), 4))
+        st.rerun()
+    for m in messages:
+        st.warning(m)
 
 
-def _animation(cfg: SurfaceRaceConfig, frames: pd.DataFrame, messages: list[str], arrows: bool) -> None:
-    """Replays the computed tracks frame by frame; Play / Pause / Step / a slider move the frame."""
-    last = int(frames.step.max()) if len(frames) else 0
-    playing = bool(st.session_state.get(K + "playing")) and len(frames) > 0
-
-    @st.fragment(run_every=FRAME_S if playing else None)
-    def panel() -> None:
-        frame = int(st.session_state.get(K + "frame", 0))
-        clicked = st.session_state.get(K + "step") or st.session_state.get(K + "play")
-        if st.session_state.get(K + "playing") and len(frames) and not clicked:
-            frame = min(last, frame + max(1, last // 60))
-            if frame >= last:
-                st.session_state[K + "playing"] = False
-        st.session_state[K + "frame"] = min(frame, last)
-        b1, b2, b3 = st.columns([1, 1, 4])
-        if b1.button("Pause" if st.session_state.get(K + "playing") else "Play", key=K + "play", disabled=not last):
-            st.session_state[K + "playing"] = not st.session_state.get(K + "playing")
-            if st.session_state[K + "playing"] and st.session_state[K + "frame"] >= last:
-                st.session_state[K + "frame"] = 0
-            st.rerun()
-        if b2.button("Step", key=K + "step", disabled=not last, help="one iteration forward"):
-            st.session_state[K + "playing"] = False
-            st.session_state[K + "frame"] = min(last, st.session_state[K + "frame"] + 1)
-            st.rerun()
-        b3.markdown(f"**Step {st.session_state[K + 'frame']}** of {last}")
-        left, right = st.columns([3, 2])
-        with left:
-            event = st.altair_chart(_race_chart(cfg, frames, st.session_state[K + "frame"], arrows),
-                                    on_select="rerun", key=K + "chart", selection_mode="start")
-            picked = (event or {}).get("selection", {}).get("start") or []
-            point = (round(float(picked[0]["x"]), 4), round(float(picked[0]["y"]), 4)) \
-                if picked and "x" in picked[0] else None
-            if point is not None and point != st.session_state.get(K + "last_pick"):  # a new click
-                st.session_state[K + "last_pick"] = st.session_state[K + "picked"] = point
-                st.rerun(scope="app")
-        with right:
-            if len(frames):
-                _curves(frames, st.session_state[K + "frame"])
-        for m in messages:
-            st.warning(m)
-        if not st.session_state.get(K + "playing") and playing:
-            st.rerun(scope="app")  # stop the timer
-
-    panel()
+def legend(labels: list[str], kinds: list[str]) -> None:
+    """One legend for both charts: a colour swatch and each racer's label (escaped: labels are never markup)."""
+    items = "".join(f'<span style="margin-right:1.4em;white-space:nowrap"><span style="display:inline-block;'
+                    f'width:22px;height:4px;margin:0 6px 4px 0;vertical-align:middle;background:{RACER_COLOURS[k]}">'
+                    f'</span>{html.escape(lab)}</span>' for lab, k in zip(labels, kinds))
+    st.html(f'<div style="font-size:16px;line-height:1.8">{items}</div>')
 
 
-def _draw_task(snap: dict | None, final: bool) -> None:
-    """Live train-loss and validation-accuracy curves, and the table once the race is over."""
+def _draw_task(snap: dict | None, final: bool, kinds: list[str]) -> None:
+    """Live train-loss and validation-accuracy curves (racer i is of optimizer kinds[i]), and the table once the
+    race is over."""
     if not snap or not snap.get("step"):
         st.caption("Waiting for the first steps...")
         return
@@ -262,15 +217,19 @@ def _draw_task(snap: dict | None, final: bool) -> None:
                       for lab, c in zip(labels, snap["train_loss"]) if c], ignore_index=True)
     acc = pd.concat([pd.DataFrame({"racer": lab, "epoch": snap["epoch"][:len(a)], "validation accuracy": a})
                      for lab, a in zip(labels, snap["val_acc"])], ignore_index=True)
-    color = alt.Color("racer:N", legend=alt.Legend(orient="bottom", columns=3, title=None))
+    scale = alt.Scale(domain=labels, range=[RACER_COLOURS[k] for k in kinds])  # one colour per kind, always
+    color = alt.Color("racer:N", scale=scale, legend=None)
+    legend(labels, kinds)
     c1, c2 = st.columns(2)
     c1.altair_chart(alt.Chart(loss).mark_line().encode(
         x=alt.X("step:Q", scale=alt.Scale(domain=[0, snap["total_steps"]])),
-        y=alt.Y("train loss:Q", scale=alt.Scale(type="log")), color=color).properties(height=280),
+        y=alt.Y("train loss:Q", scale=alt.Scale(type="log")), color=color).properties(height=280)
+        .configure_axis(labelFontSize=16, titleFontSize=16),
         width="stretch")
     c2.altair_chart(alt.Chart(acc).mark_line(point=True).encode(
         x=alt.X("epoch:Q", scale=alt.Scale(domain=[0, max(snap["epoch"][-1], 1)])),
-        y=alt.Y("validation accuracy:Q", scale=alt.Scale(domain=[0, 1])), color=color).properties(height=280),
+        y=alt.Y("validation accuracy:Q", scale=alt.Scale(domain=[0, 1])), color=color).properties(height=280)
+        .configure_axis(labelFontSize=16, titleFontSize=16),
         width="stretch")
     for m, lab in zip(snap["messages"], labels):
         if m:
@@ -314,7 +273,7 @@ def task_tab() -> None:
         job = start_job("optrace", task_race_job(cfg, cache), name="optimizer race")
         st.session_state[K + "t_cfg"] = cfg
     if entry is not None and (job is None or job.is_final):
-        _draw_task(entry.metrics, final=True)
+        _draw_task(entry.metrics, final=True, kinds=[r.kind for r in cfg.racers])
         show_provenance(entry)
         return
     if job is None or st.session_state.get(K + "t_cfg") != cfg:
@@ -327,7 +286,8 @@ def task_tab() -> None:
         result = j.result
         if result is not None and result.notice:
             st.warning(result.notice)
-        _draw_task(result.metrics if result is not None else j.snapshot, final=result is not None)
+        _draw_task(result.metrics if result is not None else j.snapshot, final=result is not None,
+                   kinds=[r.kind for r in cfg.racers])
 
     poll_job(job, draw, every=0.5)
 

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import io
 import os
+import shutil
 import threading
 import zipfile
 from collections import OrderedDict
@@ -110,6 +111,24 @@ def _downloads_allowed() -> bool:
     return os.environ.get("EXPLORER_OFFLINE", "").strip() not in ("1", "true", "yes")
 
 
+def _download_or_clean(download: Callable[[], Any], root: Path, made: Sequence[str]) -> None:
+    """Run a torchvision download; if it fails, remove what it created (`made` under root, then root if new)."""
+    fresh = [root / name for name in made if not (root / name).exists()]
+    root_is_new = not root.exists()
+    try:
+        download()
+    except BaseException:
+        # A failed download must not leave empty or partial folders that later look like a data set.
+        for path in fresh:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink(missing_ok=True)
+        if root_is_new and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise
+
+
 def _files_signature(paths: Sequence[Path]) -> dict[str, Any]:
     """Path, size and mtime of each file: a changed file changes the cache key."""
     rows = []
@@ -199,7 +218,7 @@ def _torchvision_idx(cls_name: str, title: str) -> Callable[[str, Path], Found]:
             if not _downloads_allowed():
                 raise _not_found(title, root, how)
             try:
-                cls(str(root), train=split == "train", download=True)
+                _download_or_clean(lambda: cls(str(root), train=split == "train", download=True), root, [cls_name])
             except Exception as err:  # no network, read-only folder, interrupted download
                 raise _not_found(title, root, how, err) from err
 
@@ -229,7 +248,8 @@ def _cifar10(split: str, root: Path) -> Found:
         if not _downloads_allowed():
             raise _not_found("CIFAR-10", root, CIFAR_HOW)
         try:
-            torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+            _download_or_clean(lambda: torchvision.datasets.CIFAR10(str(root), train=train, download=True), root,
+                               ["cifar-10-batches-py", "cifar-10-python.tar.gz"])
         except Exception as err:
             raise _not_found("CIFAR-10", root, CIFAR_HOW, err) from err
     if pickles.is_dir():

@@ -108,11 +108,24 @@ def test_switching_sweeps_resets_the_epoch_slider(browser_page) -> None:
     url, page, errors = browser_page
     open_page(page, f"{url}/double_descent?sweep={keys['fashion-cnn5'][:10]}", "Model-wise")
     slider = page.locator('[data-testid="stSlider"]').first
-    assert "At epoch\n\n30" in slider.inner_text()
+    assert "At epoch\n\n30" in _text_once_it_holds(slider, "At epoch\n\n30")  # it may render after the heading
     page.locator('[data-testid="stSelectbox"]').first.click()
     page.get_by_role("option", name=re.compile("^mnist1d-mlp")).click()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "At epoch\n\n500" not in slider.inner_text():
-        time.sleep(0.5)
-    assert "At epoch\n\n500" in slider.inner_text()  # the new sweep's last epoch, not the old sweep's 30
+    # the new sweep's last epoch, not the old sweep's 30
+    assert "At epoch\n\n500" in _text_once_it_holds(slider, "At epoch\n\n500")
     _no_exception(page)
+
+
+def _text_once_it_holds(locator, text: str, timeout_s: float = 30.0) -> str:
+    """The locator's text as soon as it contains `text`, or its last text after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    seen = ""
+    while time.monotonic() < deadline:
+        try:
+            seen = locator.inner_text(timeout=2_000)
+        except playwright.Error:  # not rendered yet, or rerendered while read
+            seen = ""
+        if text in seen:
+            break
+        time.sleep(0.25)
+    return seen

@@ -127,3 +127,28 @@ def test_divergence_is_reported() -> None:
     at.run()
     errors = " ".join(e.value for e in at.error)
     assert "diverged" in errors and "learning rate" in errors
+
+
+def test_play_and_pause_are_both_drawn_with_bundled_icons() -> None:
+    """Both buttons stay in place (one disabled), so pressing one never swaps elements; Material icons, not
+    emoji that show as boxes without an emoji font."""
+    at = _app(speed="0", epochs="100000")
+    play, pause = at.button(key="pg_btn_play"), at.button(key="pg_btn_pause")
+    assert play.proto.icon == ":material/play_arrow:" and pause.proto.icon == ":material/pause:"
+    assert not play.disabled and pause.disabled
+    run = _run(at)
+    at.button(key="pg_btn_play").click().run()
+    _wait(lambda: run.trainer.epoch > 0)
+    assert at.button(key="pg_btn_play").disabled and not at.button(key="pg_btn_pause").disabled
+    at.button(key="pg_btn_pause").click().run()
+    assert not at.button(key="pg_btn_play").disabled and at.button(key="pg_btn_pause").disabled
+
+
+def test_settings_line_and_network_graph_are_shown() -> None:
+    at = _app(dataset="xor", hidden="4,3", lecture="1", hide="data,features,network,training")
+    assert not at.exception
+    line = " ".join(t.value for t in at.text)
+    assert "xor" in line and "hidden 4-3 tanh" in line  # plain text (st.text), not Markdown
+    svg = [m for m in at.markdown if m.value.startswith("<svg")]
+    # two classes drawn as one output tile: one line from each last hidden neuron to it
+    assert len(svg) == 1 and svg[0].value.count("<title>weight") == 2 * 4 + 4 * 3 + 3 * 1

@@ -94,3 +94,30 @@ def test_fashion_mnist_default() -> None:
     at = _page()
     assert not at.exception and not at.warning
     assert at.metric[0].value == "60,000" and at.metric[2].value == "1.00x"
+    assert any("What to look for" in m.value for m in at.markdown)
+
+
+def test_every_map_point_has_its_hover_thumbnail() -> None:
+    """No point of a finished map lacks its image (a byte cap once left about a quarter of CIFAR points bare)."""
+    at = _page(dataset="digits", method="pca", points="360")  # the whole digits test split
+    before = {j.id for j in default_runner().jobs()}
+    at.button(key="data_compute").click().run()
+    job = next(j for j in default_runner().jobs() if j.name.startswith("map digits") and j.id not in before)
+    assert job.wait(60)
+    at.run()
+    assert not at.exception
+    assert any("Hover a point for its image: every point." in c.value for c in at.caption)
+
+
+@pytest.mark.slow  # decodes the CIFAR-10 JPEGs once (~15-30 s here)
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets is not here")
+def test_every_point_of_a_default_size_cifar_map_has_its_thumbnail() -> None:
+    """2,000 CIFAR-10 points (the default size): every one carries its image, enlarged from 32 pixels."""
+    at = _page(dataset="cifar10", method="pca", points="2000")
+    before = {j.id for j in default_runner().jobs()}
+    at.button(key="data_compute").click().run()
+    job = next(j for j in default_runner().jobs() if j.name.startswith("map cifar10") and j.id not in before)
+    assert job.wait(120)
+    at.run()
+    assert not at.exception
+    assert any("Hover a point for its image: every point." in c.value for c in at.caption)

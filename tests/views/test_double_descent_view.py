@@ -86,7 +86,7 @@ def test_live_sweep_refuses_bad_settings(sweep_key: str) -> None:
 
 def test_live_presets_fill_the_form() -> None:
     at = _app()
-    at.radio(key="dd_live_preset").set_value("the peak (500 epochs, 1-2 minutes)").run()
+    at.radio(key="dd_live_preset").set_value("the peak (500 epochs)").run()
     assert not at.exception
     assert at.slider(key="dd_live_epochs").value == 500
     assert at.multiselect(key="dd_live_widths").value == [4, 8, 16, 25, 32, 40, 50, 64, 100, 200]
@@ -129,3 +129,41 @@ def _has(at: AppTest, key: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def test_the_page_opens_on_the_sweep_with_the_clearest_peak_and_says_what_to_look_for(sweep_key: str) -> None:
+    from explorer.labs.double_descent.results import clearest_sweep, list_sweeps
+    from views.widgets import app_cache
+
+    at = _app()
+    assert not at.exception
+    assert at.selectbox(key="dd_sweep").value == clearest_sweep(list_sweeps(app_cache())).key
+    assert any(i.value.startswith("What to look for") for i in at.info)
+
+
+def test_live_sweep_shows_an_estimate_not_a_typed_time_and_a_real_recompute_command(sweep_key: str) -> None:
+    at = _app()
+    assert all("minute" not in r for r in at.radio(key="dd_live_preset").options)
+    at.multiselect(key="dd_live_widths").set_value([2, 4]).run()
+    captions = " ".join(c.value for c in at.caption)
+    assert "points to compute" in captions and ("Estimated" in captions or "no estimate yet" in captions)
+
+
+def test_random_features_are_drawn_on_linear_axes(sweep_key: str) -> None:
+    import json
+
+    at = _app()
+    at.selectbox(key="dd_rf_data").set_value("digits").run()
+    at.select_slider(key="dd_rf_n").set_value(100).run()
+    for shown in ("classification error", "squared error"):
+        at.radio(key="dd_rf_metric").set_value(shown).run()
+        at.button(key="dd_rf_go").click().run()
+        end = time.monotonic() + 40
+        while time.monotonic() < end and not any("p = n = 100" in c.value for c in at.caption):
+            time.sleep(0.3)
+            at.run()
+        assert not at.exception
+        spec = json.loads(at.get("vega_lite_chart")[-1].proto.spec)
+        y_scales = [layer["encoding"]["y"].get("scale", {}) for layer in spec["layer"] if "y" in layer["encoding"]]
+        assert y_scales and all(s.get("type") != "log" for s in y_scales)
+        assert all(s["domain"][0] == 0 for s in y_scales)

@@ -32,3 +32,14 @@ def test_one_name_per_lab_view_file_url_and_package() -> None:
 def test_no_legacy_pages_folder() -> None:
     """A pages/ folder beside app.py makes Streamlit run its old folder navigation ("Page not found")."""
     assert not (ROOT / "pages").exists()
+
+
+def test_lecture_settings_viewer_toolbar_and_a_local_favicon() -> None:
+    """No "Deploy" button or developer menu; the favicon is a file of the app, not an icon from a font CDN."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["toolbarMode"] == "viewer"
+    source = (ROOT / "app.py").read_text()
+    assert "page_icon=FAVICON" in source and ":material/science:" not in source
+    assert (ROOT / "static" / "favicon.png").read_bytes().startswith(b"\x89PNG")

@@ -1,10 +1,13 @@
-"""The optimizer-race page in AppTest: surface race, Step, bad settings and links, a real-task race job."""
+"""The optimizer-race page in AppTest: replay data for the browser, fixed colours, bad settings, a task race."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -19,24 +22,49 @@ def _app(**params: str) -> AppTest:
     return at.run()
 
 
-def _step_text(at: AppTest) -> str:
-    return next(m.value for m in at.markdown if m.value.startswith("**Step"))
+def _replay(at: AppTest) -> dict:
+    """The data the browser replay was given (it draws every frame itself)."""
+    (el,) = at.get("bidi_component")
+    return json.loads(el.proto.json)
 
 
-def test_surface_race_runs_steps_and_reports_divergence() -> None:
+def _positions(racer: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(racer["x"]), dtype="<f4")
+
+
+def test_surface_race_sends_every_track_once_and_reports_divergence() -> None:
     at = _app(surface="quadratic", steps="40")
     assert not at.exception
+    assert _replay(at)["racers"] == [] and _replay(at)["steps"] == 0  # nothing raced yet: the surface only
     at.multiselect(key="opt_kinds").set_value(["sgd", "adam"])
     at.number_input(key="opt_surf_quadratic_lr_sgd").set_value(1.0)  # far too large: SGD must diverge
     at.run()
     at.button(key="opt_race_btn").click().run()
     assert not at.exception
     assert any("diverged at step" in w.value for w in at.warning)
-    at.button(key="opt_step").click().run()  # Step pauses and moves exactly one iteration
-    first = int(_step_text(at).split()[1].strip("*"))
-    at.button(key="opt_step").click().run()
-    assert int(_step_text(at).split()[1].strip("*")) == first + 1
-    assert not at.exception
+    data = _replay(at)
+    sgd, adam = data["racers"]
+    assert data["steps"] == 40 and data["autoplay"]
+    assert len(_positions(adam)) == adam["n"] == 41  # the start and every step, for the browser to replay
+    assert len(_positions(sgd)) == sgd["n"] < 41  # the diverged racer's track ends where it diverged
+    assert data["start"] == [-2.8, 1.5] and len(data["band"]) == data["grid_n"] ** 2
+    first = data["id"]
+    at.run()  # a rerun without pressing Race: the same replay, not restarted
+    assert _replay(at)["id"] == first and not _replay(at)["autoplay"]
+    at.button(key="opt_race_btn").click().run()  # Race again: replayed from the start
+    assert _replay(at)["id"] != first and _replay(at)["autoplay"]
+
+
+def test_each_optimizer_keeps_its_colour_whatever_is_selected() -> None:
+    at = _app(surface="quadratic", steps="10")
+    at.multiselect(key="opt_kinds").set_value(["sgd", "momentum", "adam"]).run()
+    at.button(key="opt_race_btn").click().run()
+    three = {r["kind"]: r["colour"] for r in _replay(at)["racers"]}
+    at.multiselect(key="opt_kinds").set_value(["adam"]).run()
+    at.button(key="opt_race_btn").click().run()
+    (adam,) = _replay(at)["racers"]
+    assert adam["colour"] == three["adam"]
+    assert len(set(three.values())) == 3
 
 
 def test_bad_settings_and_links_get_a_message() -> None:

@@ -43,6 +43,23 @@ class PlaygroundConfig:
                               f"{len(self.data.input_features)} input features")
 
 
+def describe(cfg: PlaygroundConfig) -> str:
+    """The settings in use as one line of plain text (for a lecture hall, where the controls are hidden)."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    net = "-".join(str(w) for w in m.hidden) or "no hidden layer"
+    parts = [f"{d.name}, noise {d.noise}%, {d.n_points} points ({d.train_ratio}% train)",
+             "features " + ", ".join(d.input_features), f"hidden {net} {m.activation}"]
+    if m.batch_norm:
+        parts.append("batch norm")
+    if m.dropout:
+        parts.append(f"dropout {m.dropout:g}")
+    parts.append(f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}, {t.loss}")
+    if t.l1 or t.l2:
+        parts.append(f"L1 {t.l1:g}" if t.l1 else f"L2 {t.l2:g}")
+    parts.append(f"weight seed {t.seed}, stop at epoch {cfg.epochs:,}")
+    return " · ".join(parts)
+
+
 def build_config(*, dataset: str = "spiral", noise: int = 0, train_ratio: int = 50, n_points: int = 500,
                  data_seed: int = 0, input_features: tuple[str, ...] = ("x1", "x2"), hidden: tuple[int, ...] = (8, 8),
                  activation: str = "tanh", batch_norm: bool = False, dropout: float = 0.0,
@@ -85,6 +102,7 @@ class Snapshot:
     neurons: list[list[np.ndarray]]  # per hidden layer, per shown neuron: (THUMB, THUMB) in [-1, 1]
     weights: list[np.ndarray]  # per layer (out, in)
     history: dict[str, list[float]]
+    inputs: list[tuple[str, np.ndarray]] = field(default_factory=list)  # per input feature: (THUMB, THUMB)
     from_cache: bool = False
     cache_meta: dict = field(default_factory=dict)
 
@@ -113,6 +131,9 @@ class PlaygroundRun:
                                self.split.y_test, task=self.split.task)
         self._grid = input_features(_grid_points(GRID), cfg.data.input_features).to(self.device)
         self._thumb_grid = input_features(_grid_points(THUMB), cfg.data.input_features).to(self.device)
+        scale = self._thumb_grid.abs().amax(0).clamp_min(1e-6)
+        self._input_tiles = [(name, t.reshape(THUMB, THUMB).cpu().numpy()) for name, t in
+                             zip(cfg.data.input_features, (self._thumb_grid / scale).T)]
         self._lock = threading.Lock()
         self._pending_lr: float | None = None
         self.speed = 30.0
@@ -218,11 +239,11 @@ class PlaygroundRun:
             scale = h.abs().amax(0).clamp_min(1e-6)
             thumbs.append((h / scale).T.reshape(-1, THUMB, THUMB).cpu().numpy())
         fieldv = fieldv.reshape(GRID, GRID, -1).squeeze(-1).cpu().numpy()
-        hist = {k: list(v) for k, v in dataclasses.asdict(tr.history).items()}
+        hist = {f.name: list(getattr(tr.history, f.name)) for f in dataclasses.fields(tr.history)}  # no deep copy
         return Snapshot(epoch=tr.epoch, steps=tr.step_count, lr=tr.lr, status=status or self.status,
                         message=self.message, field=fieldv, neurons=[list(t) for t in thumbs],
                         weights=[lay.weight_t.cpu().numpy().copy() for lay in tr.layers], history=hist,
-                        from_cache=self.from_cache, cache_meta=self.cache_meta)
+                        inputs=self._input_tiles, from_cache=self.from_cache, cache_meta=self.cache_meta)
 
 
 def _history_from(metrics: dict) -> RunHistory:

@@ -466,8 +466,12 @@ def main(argv: list[str]) -> int:
     cache = default_cache()
     try:
         if args.command == "list":
-            for m in list_models(args.dataset, cache=cache):
+            models = list_models(args.dataset, cache=cache)
+            for m in models:
                 print(f"{m.ref}\n    {m.label}")
+            if not models:
+                print(f"No trained embedding space for {args.dataset} yet. Train one (cached) with:\n"
+                      f"  python -m explorer spaces train --dataset {args.dataset}")
             return 0
         cfg = default_net_config(D.load(args.dataset, "train"), args.arch, args.epochs, args.n_train)
         cfg = dataclasses.replace(cfg, net=dataclasses.replace(cfg.net, width=args.width), seed=args.seed)

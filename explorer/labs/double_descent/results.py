@@ -11,7 +11,8 @@ from explorer.core.cache import Cache, Entry
 from explorer.core.config import ConfigError
 from explorer.core.provenance import REPO_DIR
 from explorer.core.report import hms
-from explorer.labs.double_descent.spec import SWEEP_KIND, TRAINED_FAMILIES, SweepSpec, load_spec, spec_from_dict
+from explorer.labs.double_descent.spec import (SWEEP_KIND, TRAINED_FAMILIES, SweepSpec, live_args, load_spec,
+                                               spec_from_dict)
 
 if TYPE_CHECKING:
     import pandas
@@ -31,10 +32,45 @@ def spec_file(name: str, spec_dir: Path = SPEC_DIR) -> Path | None:
 
 
 def recompute_command(entry: Entry) -> str:
-    """The CLI command that recomputes a sweep summary entry."""
-    path = spec_file(entry.config["name"])
+    """The CLI command that recomputes a sweep summary entry: its spec file, or the live sweep's own form."""
+    spec = summary_spec(entry)
+    if (live := live_args(spec)) is not None:
+        return f"python -m explorer sweep {live}"
+    path = spec_file(spec.name)
     where = f"sweeps/{path.name}" if path is not None else "SPEC.toml"
     return f"python -m explorer sweep {where}" + (" --ship" if entry.shipped else "")
+
+
+def peak_rise(entry: Entry) -> tuple[float, dict]:
+    """The largest model-wise peak of a summary at its last epoch: the seed-mean test error's largest rise over the
+    minimum at smaller widths, over all noise levels; returns (rise, {noise, low_width, low, peak_width, peak})."""
+    table = entry.tensors()["metrics"].numpy()[:, -1, :]  # (P, M) at the last recorded epoch
+    col = entry.metrics["metric_names"].index("test_err")
+    points = entry.metrics["points"]
+    best: tuple[float, dict] = (float("-inf"), {})
+    for noise in sorted({p["noise"] for p in points}):
+        by_width: dict[int, list[float]] = {}
+        for i, p in enumerate(points):
+            if p["noise"] == noise:
+                by_width.setdefault(p["width"], []).append(float(table[i, col]))
+        widths = sorted(by_width)
+        errs = [float(np.mean(by_width[w])) for w in widths]
+        for k in range(1, len(widths)):
+            low = int(np.argmin(errs[:k]))
+            rise = errs[k] - errs[low]
+            if rise > best[0]:
+                best = (rise, {"noise": noise, "low_width": widths[low], "low": errs[low],
+                               "peak_width": widths[k], "peak": errs[k]})
+    return best
+
+
+def clearest_sweep(entries: list[Entry]) -> Entry | None:
+    """The sweep whose model-wise peak rises most (peak_rise); trained networks first, since random features have
+    their own view, so a closed-form sweep is picked only when no trained one is cached."""
+    if not entries:
+        return None
+    trained = [e for e in entries if e.config.get("family") in TRAINED_FAMILIES]
+    return max(trained or entries, key=lambda e: peak_rise(e)[0])
 
 
 def summary_spec(entry: Entry) -> SweepSpec:

@@ -1,6 +1,7 @@
 """Running a sweep: plan groups, compute the missing points (resume) locally or on Ray, write the summary.
 
-CLI: python -m explorer sweep SPEC.toml [--backend local|ray] [--workers N] [--ship]
+CLI: python -m explorer sweep SPEC.toml [--backend local|ray] [--workers N] [--force] [--ship]
+     python -m explorer sweep --live widths=4,16,64 noise=15 epochs=30   (the page's live sweep)
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import torch
 from explorer.core.cache import Cache, Entry, default_cache, shipped_cache, to_plain
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import configure_allocator, describe_device
-from explorer.core.report import SILENT, Reporter, TerminalReporter, part
+from explorer.core.report import SILENT, Reporter, TerminalReporter, hms, part
 from explorer.data.datasets import DatasetUnavailable
 from explorer.labs.double_descent import random_features
 from explorer.labs.double_descent.spec import (MAX_GROUP, METRICS, POINT_KIND, RF_FAMILIES, SWEEP_KIND, Point,
-                                               PointResult, SweepData, SweepSpec, load_data, load_spec, point_config,
-                                               spec_from_dict)
+                                               PointResult, SweepData, SweepSpec, load_data, load_spec, parse_live,
+                                               point_config, spec_from_dict)
 from explorer.labs.double_descent.train import train_group
 from explorer.nets import grouped as ddmodels
 
@@ -130,19 +131,79 @@ class SweepResult:
     computed: int
     cached: int
     wall_time_s: float
+    reused: bool = False  # the summary for this exact spec was already cached (runtime or shipped)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What running a spec would do: reuse a cached summary, or compute the missing points (with an estimate)."""
+
+    summary: Entry | None  # the cached summary of this exact spec, reused unless forced
+    missing: list[Point]
+    cached: int
+    estimate_s: float | None  # from measured points of cached sweeps of the same family and data; None if none
+    estimate_from: str  # which measurements the estimate comes from
+
+
+def _work(spec: SweepSpec, width: int) -> float:
+    """A point's estimated work: its cost per example and epoch times examples and epochs."""
+    return point_cost(spec, width) * spec.train_size * (spec.epochs if spec.trained else 1)
+
+
+def estimate_seconds(spec: SweepSpec, points: list[Point], cache: Cache) -> tuple[float | None, str]:
+    """Seconds to compute `points`, scaled from the measured wall times of cached sweeps of the same family and
+    data set on the same kind of device; (None, why) when there is no such measurement."""
+    device = describe_device().split(" ")[0]
+    seconds = work = 0.0
+    names = []
+    for e in cache.entries(SWEEP_KIND, where=lambda c: c.get("family") == spec.family
+                           and c.get("dataset") == spec.dataset):
+        measured = [p for p in e.metrics.get("points", []) if p.get("wall_time_s")
+                    and str(p.get("device", "")).split(" ")[0] == device]
+        if not measured:
+            continue
+        other = spec_from_dict(e.config)
+        seconds += sum(p["wall_time_s"] for p in measured)
+        work += sum(_work(other, p["width"]) for p in measured)
+        names.append(f"{other.name} ({len(measured)} points)")
+    if work <= 0:
+        return None, f"no measured {spec.family} point on {spec.dataset} on a {device} here yet"
+    return seconds / work * sum(_work(spec, p.width) for p in points), \
+        f"scaled from {', '.join(names)} on {device}, computed alone"
+
+
+def plan_sweep(spec: SweepSpec, cache: Cache, force: bool = False) -> SweepPlan:
+    """Which points are cached and which to compute, and an estimate of their time, before running."""
+    summary = None if force else cache.get(SWEEP_KIND, spec)
+    points = spec.points()
+    if force:
+        missing = points
+    else:
+        missing = [] if summary is not None else [p for p in points
+                                                   if cache.get(POINT_KIND, point_config(spec, p)) is None]
+    estimate, source = estimate_seconds(spec, missing, cache) if missing else (0.0, "nothing to compute")
+    return SweepPlan(summary, missing, len(points) - len(missing), estimate, source)
 
 
 def run_sweep(spec: SweepSpec, *, cache: Cache, backend: str = "local", workers: int = 1,
-              report: Reporter = SILENT, ray_gpus: float = 0.0) -> SweepResult:
+              report: Reporter = SILENT, ray_gpus: float = 0.0, force: bool = False) -> SweepResult:
     """Compute every missing point (resume), then write and return the sweep's summary entry.
 
+    A summary of this exact spec already cached (runtime or shipped) is returned as it is unless `force`.
     `report` gets the share of the estimated cost done (weighted by each group's cost) and "k/n points".
     """
     check_choice("backend", backend, BACKENDS)
     check_range("workers", workers, 1, 256, integer=True)
     start = time.perf_counter()
     points = spec.points()
-    missing = [p for p in points if cache.get(POINT_KIND, point_config(spec, p)) is None]
+    if not force and (summary := cache.get(SWEEP_KIND, spec)) is not None:
+        report.publish(progress=1.0, message=f"{len(points)}/{len(points)} points (cached summary)")
+        return SweepResult(summary, 0, len(points), time.perf_counter() - start, reused=True)
+    if force:  # cache.put keeps an entry already there, so the old results go first
+        for p in points:
+            cache.delete(POINT_KIND, point_config(spec, p))
+        cache.delete(SWEEP_KIND, spec)
+    missing = points if force else [p for p in points if cache.get(POINT_KIND, point_config(spec, p)) is None]
     groups = plan_groups(spec, missing)
     costs = [sum(point_cost(spec, p.width) for p in g) * (spec.epochs if spec.trained else 1) for g in groups]
     progress = SweepProgress(report, costs, len(points), len(points) - len(missing))
@@ -225,34 +286,58 @@ def write_summary(spec: SweepSpec, cache: Cache, wall_time_s: float, root: Cache
 # ---------------------------------------------------------------- CLI
 
 def main(argv: list[str]) -> int:
-    """python -m explorer sweep SPEC.toml [--backend local|ray] [--workers N] [--ship]."""
+    """python -m explorer sweep SPEC.toml | --live widths=.. noise=.. epochs=.. [--backend ..] [--force] [--ship]."""
     ap = argparse.ArgumentParser(prog="python -m explorer sweep", description=__doc__.splitlines()[0])
-    ap.add_argument("spec", help="a sweep spec (TOML), e.g. sweeps/mnist1d_mlp.toml")
+    ap.add_argument("spec", nargs="?", help="a sweep spec (TOML), e.g. sweeps/mnist1d_mlp.toml")
+    ap.add_argument("--live", nargs=3, metavar=("widths=W1,W2", "noise=PCT", "epochs=N"),
+                    help="the page's live MNIST-1D sweep instead of a spec file (its provenance prints this form)")
     ap.add_argument("--backend", default="local", choices=sorted(BACKENDS))
     ap.add_argument("--workers", type=int, default=1, help="parallel worker processes / Ray CPUs")
     ap.add_argument("--gpus-per-task", type=float, default=0.0, help="Ray: GPUs per task (e.g. 0.25)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+    ap.add_argument("--force", action="store_true",
+                    help="recompute every point even when a summary or points of this spec are cached")
     ap.add_argument("--ship", action="store_true", help="also write the summary to cache/shipped/")
     args = ap.parse_args(argv)
+    if (args.spec is None) == (args.live is None):
+        ap.error("give either a spec file or --live widths=... noise=... epochs=...")
     if args.threads:
         torch.set_num_threads(args.threads)  # on a busy machine 1 thread per process beats oversubscription
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec) if args.live is None else parse_live(args.live)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"sweep {spec.name}: {len(spec.points())} points on {describe_device()}", file=sys.stderr)
     cache = default_cache()
+    plan = plan_sweep(spec, cache, args.force)
+    n = len(spec.points())
+    print(f"sweep {spec.name}: {n} points on {describe_device()}", file=sys.stderr)
+    if plan.summary is not None:
+        where = "cache/shipped (shipped with the app)" if plan.summary.shipped else "the runtime cache"
+        print(f"the summary of this exact spec is in {where}: all {n} points reused, nothing to compute "
+              "(--force recomputes them)", file=sys.stderr)
+    else:
+        eta = f"about {hms(plan.estimate_s)} ({plan.estimate_from})" if plan.estimate_s is not None \
+            else f"unknown ({plan.estimate_from})"
+        print(f"{plan.cached} points cached, {len(plan.missing)} to compute; estimated time {eta}", file=sys.stderr)
     try:
         with TerminalReporter() as report:
             res = run_sweep(spec, cache=cache, backend=args.backend, workers=args.workers, report=report,
-                            ray_gpus=args.gpus_per_task)
+                            ray_gpus=args.gpus_per_task, force=args.force)
     except DatasetUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"done: {res.computed} points computed, {res.cached} found in the cache, "
           f"{res.wall_time_s:.1f} s; summary {res.entry.path}")
     if args.ship:
-        shipped = write_summary(spec, cache, res.entry.meta["wall_time_s"], shipped_cache())
-        print(f"shipped: {shipped.path}")
+        if res.reused and res.entry.shipped:
+            print("shipped: already in cache/shipped (use --force --ship to recompute it)")
+        elif res.reused:
+            e = res.entry
+            shipped = shipped_cache().put(SWEEP_KIND, spec, e.metrics, e.tensors(), e.meta)
+            print(f"shipped: {shipped.path}")
+        else:
+            shipped_cache().delete(SWEEP_KIND, spec)  # recomputed: the new summary replaces the shipped one
+            shipped = write_summary(spec, cache, res.entry.meta["wall_time_s"], shipped_cache())
+            print(f"shipped: {shipped.path}")
     return 0

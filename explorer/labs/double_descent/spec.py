@@ -183,6 +183,7 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 LIVE_WIDTHS = (2, 3, 4, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 80, 100, 128, 200, 300)  # sweep 1's grid
 LIVE_MAX_EPOCHS = 500
+LIVE_NAME = "live-mnist1d-mlp"
 
 
 def live_spec(widths: list[int], noise_pct: int, epochs: int) -> SweepSpec:
@@ -195,9 +196,35 @@ def live_spec(widths: list[int], noise_pct: int, epochs: int) -> SweepSpec:
         raise ConfigError(f"live widths must come from {list(LIVE_WIDTHS)}, got {sorted(widths)}")
     check_range("epochs (live)", epochs, 5, LIVE_MAX_EPOCHS, integer=True)
     check_range("label noise (%)", noise_pct, 0, 50, integer=True)
-    return SweepSpec(name="live-mnist1d-mlp", dataset="mnist1d", widths=tuple(sorted(widths)),
+    return SweepSpec(name=LIVE_NAME, dataset="mnist1d", widths=tuple(sorted(widths)),
                      label_noise=tuple(sorted({0.0, noise_pct / 100})), seeds=(0,), epochs=epochs,
                      description="computed live from the page")
+
+
+def live_args(spec: SweepSpec) -> str | None:
+    """The `sweep --live ...` arguments that rebuild this spec with live_spec, or None if it is not a live sweep."""
+    if spec.name != LIVE_NAME:
+        return None
+    noise = max(round(100 * p) for p in spec.label_noise)
+    try:
+        if live_spec(list(spec.widths), noise, spec.epochs) != spec:
+            return None
+    except ConfigError:
+        return None
+    return f"--live widths={','.join(map(str, spec.widths))} noise={noise} epochs={spec.epochs}"
+
+
+def parse_live(args: list[str]) -> SweepSpec:
+    """The live spec from `widths=4,16,64 noise=15 epochs=30` (the form live_args writes); ConfigError if wrong."""
+    known = {"widths", "noise", "epochs"}
+    values = dict(a.split("=", 1) for a in args if "=" in a)
+    if len(values) != len(args) or set(values) != known:
+        raise ConfigError(f"--live takes widths=W1,W2,... noise=PERCENT epochs=N, got {' '.join(args)!r}")
+    try:
+        widths = [int(w) for w in values["widths"].split(",") if w]
+        return live_spec(widths, int(values["noise"]), int(values["epochs"]))
+    except ValueError as err:
+        raise ConfigError(f"--live values must be whole numbers: {err}") from err
 
 
 def point_config(spec: SweepSpec, point: Point) -> dict[str, Any]:

@@ -115,3 +115,81 @@ def test_url_state_round_trip_and_refusals() -> None:
                      ({"bn": "maybe"}, "bn")):
         with pytest.raises(ConfigError, match=msg):
             parse_params(schema, bad)
+
+
+def test_boundary_axes_and_colour_bar_frame_the_same_plot(tmp_path) -> None:
+    import io
+
+    from PIL import Image
+
+    run = PlaygroundRun(build_config(hidden=(4,)), device=CPU, cache=Cache(tmp_path))
+    snap, split = run.snapshot(), run.split
+    pts = (split.raw_train, split.y_train.numpy())
+    plain = Image.open(io.BytesIO(boundary_png(snap.field, task="classification", extent=6.0, size=200, train=pts)))
+    framed = Image.open(io.BytesIO(boundary_png(snap.field, task="classification", extent=6.0, size=200, train=pts,
+                                                axes=True, font_px=17)))
+    assert plain.size == (200, 200) and framed.width > 260 and framed.height > 240
+    # the plot is pasted unchanged inside the frame: find it by its top-left pixels
+    p, f = np.asarray(plain), np.asarray(framed)
+    hits = [(y, x) for y in range(f.shape[0] - 199) for x in range(f.shape[1] - 199)
+            if (f[y:y + 200, x:x + 200] == p).all()]
+    assert len(hits) == 1
+    # a colour bar to the plot's right uses the whole diverging scale
+    y, x = hits[0]
+    assert {0, 63} <= set(np.unique(f[y:y + 200, x + 200:]).tolist())
+
+
+def test_points_are_drawn_once_and_pasted_identically(tmp_path) -> None:
+    from PIL import Image, ImageDraw
+
+    from explorer.render import png as render
+
+    run = PlaygroundRun(build_config(hidden=(4,), n_points=200), device=CPU, cache=Cache(tmp_path))
+    snap, split = run.snapshot(), run.split
+    xy, y = split.raw_train, split.y_train.numpy()
+    render._dots.cache_clear()
+    a = boundary_png(snap.field, task="classification", extent=6.0, train=(xy, y))
+    b = boundary_png(snap.field, task="classification", extent=6.0, train=(xy, y))
+    assert a == b and render._dots.cache_info().hits == 1
+    # the reference: each point drawn with PIL straight onto the heatmap
+    img = Image.fromarray(render.field_index(snap.field, 320), "P")
+    draw = ImageDraw.Draw(img)
+    for (x0, y0), c in zip(xy.tolist(), y.tolist()):
+        px, py = (x0 + 6) / 12 * 320, (6 - y0) / 12 * 320
+        draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=render.CLASS_SOLID + int(c), outline=render.WHITE)
+    assert a == render._png(img)
+
+
+def test_network_svg_has_a_line_per_shown_weight_with_its_value(tmp_path) -> None:
+    from explorer.render.png import network_svg
+
+    run = PlaygroundRun(build_config(hidden=(3, 2), input_features=("x1", "x2", "x1*x2")), device=CPU,
+                        cache=Cache(tmp_path))
+    snap = run.snapshot()
+    assert [name for name, _ in snap.inputs] == ["x1", "x2", "x1*x2"]
+    svg = network_svg(snap.inputs, snap.neurons, snap.weights, snap.field)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<line") == svg.count("<title>weight") == 3 * 3 + 3 * 2 + 2 * 1  # 2 classes: 1 output
+    assert svg.count("<image") == 3 + 3 + 2 + 1  # inputs, hidden neurons, output
+    w = snap.weights[0][0, 0]
+    assert f"weight {w:+.4f} (layer 1, from 1 to 1)" in svg
+    assert ("#0877bd" if w >= 0 else "#f59322") in svg
+    assert "x1&#42;x2" in svg and "x1*x2" not in svg  # never read as Markdown emphasis
+
+
+def test_describe_is_one_line_of_the_settings() -> None:
+    from explorer.labs.boundaries.run import describe
+
+    line = describe(build_config(dataset="xor", hidden=(4, 3), lr=0.1, regularization="L2", reg_rate=0.01))
+    assert "\n" not in line
+    assert "xor" in line and "hidden 4-3 tanh" in line and "lr 0.1" in line and "L2 0.01" in line
+
+
+def test_network_svg_draws_a_tile_per_class_when_there_are_more_than_two() -> None:
+    from explorer.render.png import network_svg
+
+    tile = np.zeros((24, 24), dtype=np.float32)
+    probs = np.full((GRID, GRID, 3), 1 / 3, dtype=np.float32)
+    svg = network_svg([("x1", tile), ("x2", tile)], [[tile] * 4], [np.ones((4, 2)), -np.ones((3, 4))], probs)
+    assert svg.count("<image") == 2 + 4 + 3 and svg.count("<line") == 2 * 4 + 4 * 3
+    assert "weight -1.0000 (layer 2, from 4 to 3)" in svg

@@ -50,6 +50,9 @@ def test_pictures_of_images_and_signals() -> None:
     assert (g[:8, :12] == imgs[0].permute(1, 2, 0).numpy().repeat(2, 0).repeat(2, 1)).all()
     sig = G.signal_image(torch.sin(torch.linspace(0, 6, 40)))
     assert sig.shape == (G.SIGNAL_HEIGHT, 80) and (sig < 255).any(axis=0).all()
-    uri = G.data_uri(imgs[0])
-    assert uri.startswith("data:image/png;base64,")
+    uri = G.data_uri(imgs[0])  # colour: JPEG, so that every point of a CIFAR-10 map carries its thumbnail
+    assert uri.startswith("data:image/jpeg;base64,")
     assert Image.open(io.BytesIO(base64.b64decode(uri.split(",")[1]))).size == (60, 40)
+    grey = G.data_uri(imgs[0, :1])  # grey and signals: exact PNG
+    assert grey.startswith("data:image/png;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(grey.split(",")[1]))).size == (60, 40)

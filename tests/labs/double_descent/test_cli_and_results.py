@@ -1,0 +1,116 @@
+"""The sweep command as README says (reuse a cached summary, --force, --live), the clearest-peak rule, estimates."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from explorer.core.cache import Cache
+from explorer.core.config import ConfigError
+from explorer.labs.double_descent import run as run_mod
+from explorer.labs.double_descent.results import clearest_sweep, list_sweeps, peak_rise, recompute_command
+from explorer.labs.double_descent.run import plan_sweep, run_sweep
+from explorer.labs.double_descent.spec import (METRICS, SWEEP_KIND, SweepSpec, live_args, live_spec, parse_live,
+                                               point_config)
+
+TINY = SweepSpec(name="cli-tiny", dataset="digits", train_size=150, test_size=100, label_noise=(0.0,),
+                 widths=(4, 8), epochs=2, batch_size=50, seeds=(0,))
+
+
+def _summary(cache: Cache, name: str, family: str, errors: list[float]) -> None:
+    """A synthetic summary entry whose seed-mean test error at the last epoch over widths 1..N is `errors`."""
+    widths = tuple(range(1, len(errors) + 1))
+    spec = SweepSpec(name=name, family=family, label_noise=(0.1,), widths=widths, seeds=(0,), epochs=1)
+    table = torch.zeros(len(errors), 1, len(METRICS))
+    table[:, 0, METRICS.index("test_err")] = torch.tensor(errors)
+    points = [{"width": w, "noise": 0.1, "seed": 0, "params": w, "wall_time_s": 1.0, "device": "cpu"} for w in widths]
+    cache.put(SWEEP_KIND, spec, {"metric_names": list(METRICS), "epochs": [1], "points": points},
+              {"metrics": table}, {"sweep_name": name})
+
+
+def test_the_clearest_sweep_is_the_largest_rise_over_the_preceding_minimum(tmp_path) -> None:
+    cache = Cache(tmp_path / "rt", tmp_path / "none")
+    _summary(cache, "monotone", "mlp", [0.6, 0.5, 0.4, 0.3])
+    _summary(cache, "small-peak", "mlp", [0.6, 0.4, 0.45, 0.3])
+    _summary(cache, "big-peak", "cnn5", [0.6, 0.4, 0.3, 0.5, 0.35])
+    _summary(cache, "rf-huge-peak", "rf_relu", [0.3, 0.9, 0.3])
+    by_name = {e.config["name"]: e for e in list_sweeps(cache)}
+    rise, at = peak_rise(by_name["big-peak"])
+    assert rise == pytest.approx(0.2) and (at["low_width"], at["peak_width"]) == (3, 4)
+    assert peak_rise(by_name["monotone"])[0] < 0
+    # trained networks first: random features have their own view
+    assert clearest_sweep(list(by_name.values())).config["name"] == "big-peak"
+    assert clearest_sweep([by_name["rf-huge-peak"], by_name["monotone"]]).config["name"] == "monotone"
+    assert clearest_sweep([by_name["rf-huge-peak"]]).config["name"] == "rf-huge-peak"
+    assert clearest_sweep([]) is None
+
+
+def test_the_shipped_sweep_with_the_clearest_peak_is_the_mnist1d_mlp(tmp_path) -> None:
+    best = clearest_sweep(list_sweeps(Cache(tmp_path)))
+    assert best is not None and best.config["name"] == "mnist1d-mlp"
+    rise, at = peak_rise(best)
+    assert rise > 0.05 and at["noise"] == pytest.approx(0.15)
+
+
+def test_live_sweeps_round_trip_through_the_command_line_form() -> None:
+    spec = live_spec([16, 4, 64], 15, 30)
+    args = live_args(spec)
+    assert args == "--live widths=4,16,64 noise=15 epochs=30"
+    assert parse_live(args.split()[1:]) == spec
+    assert live_args(dataclasses.replace(spec, lr=0.1)) is None  # not what the page computes
+    assert live_args(TINY) is None
+    with pytest.raises(ConfigError, match="--live takes"):
+        parse_live(["widths=4", "noise=15"])
+    with pytest.raises(ConfigError, match="whole numbers"):
+        parse_live(["widths=4,x", "noise=15", "epochs=30"])
+    with pytest.raises(ConfigError, match="live widths"):
+        parse_live(["widths=5", "noise=15", "epochs=30"])
+
+
+def test_a_live_sweeps_provenance_gives_a_command_the_cli_accepts(tmp_path, monkeypatch, capsys) -> None:
+    cache = Cache(tmp_path / "rt", tmp_path / "shipped")
+    monkeypatch.setattr(run_mod, "default_cache", lambda: cache)
+    entry = run_sweep(live_spec([2, 4], 0, 5), cache=cache).entry
+    command = recompute_command(entry)
+    assert command == "python -m explorer sweep --live widths=2,4 noise=0 epochs=5"
+    assert run_mod.main(command.split()[4:]) == 0
+    err = capsys.readouterr().err
+    assert "all 2 points reused, nothing to compute" in err
+
+
+def test_sweep_reuses_a_cached_summary_and_force_recomputes(tmp_path, monkeypatch, capsys) -> None:
+    spec_file = tmp_path / "tiny.toml"
+    spec_file.write_text('[sweep]\nname = "cli-tiny"\ndataset = "digits"\ntrain_size = 150\ntest_size = 100\n'
+                         'label_noise = [0.0]\nwidths = [4, 8]\nepochs = 2\nbatch_size = 50\nseeds = [0]\n')
+    shipped = Cache(tmp_path / "shipped-writer")
+    run_sweep(TINY, cache=shipped)  # a summary "shipped with the app": in the shipped root below
+    cache = Cache(tmp_path / "rt", tmp_path / "shipped-writer")
+    monkeypatch.setattr(run_mod, "default_cache", lambda: cache)
+    plan = plan_sweep(TINY, cache)
+    assert plan.summary is not None and plan.summary.shipped and plan.missing == []
+    assert run_mod.main([str(spec_file)]) == 0
+    out = capsys.readouterr()
+    assert "is in cache/shipped" in out.err and "done: 0 points computed, 2 found" in out.out
+    assert not any(cache.root.glob("dd_point/??/*"))  # nothing was trained
+    assert run_mod.main([str(spec_file), "--force"]) == 0
+    out = capsys.readouterr()
+    assert "0 points cached, 2 to compute; estimated time about" in out.err  # measured by the shipped summary
+    assert "done: 2 points computed, 0 found" in out.out
+    assert len(list(cache.root.glob("dd_point/??/*"))) == 2
+
+
+def test_the_estimate_scales_measured_points_and_says_when_there_are_none(tmp_path) -> None:
+    cache = Cache(tmp_path / "rt", tmp_path / "none")
+    seconds, why = run_mod.estimate_seconds(TINY, TINY.points(), cache)
+    assert seconds is None and "no measured mlp point on digits" in why
+    res = run_sweep(TINY, cache=cache)
+    measured = sum(p["wall_time_s"] for p in res.entry.metrics["points"])
+    seconds, why = run_mod.estimate_seconds(TINY, TINY.points(), cache)
+    assert seconds == pytest.approx(measured) and "cli-tiny (2 points)" in why
+    double = dataclasses.replace(TINY, name="longer", epochs=4)
+    assert run_mod.estimate_seconds(double, double.points(), cache)[0] == pytest.approx(2 * measured)
+    missing = plan_sweep(double, cache)
+    assert len(missing.missing) == 2 and missing.cached == 0 and missing.estimate_s == pytest.approx(2 * measured)
+    assert cache.get("dd_point", point_config(TINY, TINY.points()[0])) is not None
