@@ -24,6 +24,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--speed", type=int, default=0, help="epochs per second (0 = max)")
+    ap.add_argument("--opt", default="sgd", help="optimizer (sgd: the setting of earlier measurements; the page's "
+                                                 "default adam trains ~4x slower per epoch and takes CPU from drawing)")
+    ap.add_argument("--lr", type=float, default=0.03)
     args = ap.parse_args()
     exe = chromium_path()
     if exe is None:
@@ -31,7 +34,8 @@ def main() -> None:
     with streamlit_server() as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        open_page(page, f"{url}/boundaries?speed={args.speed}&epochs=100000&hidden=8,8,8", "Output of the network")
+        query = f"speed={args.speed}&epochs=100000&hidden=8,8,8&opt={args.opt}&lr={args.lr:g}"
+        open_page(page, f"{url}/boundaries?{query}", "Output of the network")
         time.sleep(2)
         page.get_by_role("button", name="Play").click()
         time.sleep(1.5)

@@ -24,10 +24,10 @@ LRS = (0.00001, 0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 GROUPS = ("data", "features", "network", "training", "views")
 SCHEMA = {
     "dataset": Param(str, "spiral"), "noise": Param(int, 0), "ratio": Param(int, 50), "points": Param(int, 500),
-    "dseed": Param(int, 0), "features": Param(tuple, ("x1", "x2")), "hidden": Param(tuple, (8, 8), int),
+    "dseed": Param(int, 0), "features": Param(tuple, ("x1", "x2")), "hidden": Param(tuple, (8, 8, 8), int),
     "act": Param(str, "tanh"), "bn": Param(bool, False), "dropout": Param(float, 0.0), "reg": Param(str, "none"),
-    "rate": Param(float, 0.0), "loss": Param(str, "cross_entropy"), "opt": Param(str, "sgd"),
-    "lr": Param(float, 0.03), "batch": Param(int, 10), "seed": Param(int, 0), "epochs": Param(int, 1000),
+    "rate": Param(float, 0.0), "loss": Param(str, "cross_entropy"), "opt": Param(str, "adam"),
+    "lr": Param(float, 0.01), "batch": Param(int, 10), "seed": Param(int, 0), "epochs": Param(int, 1000),
     "speed": Param(int, 30), "test": Param(bool, True), "discrete": Param(bool, False),
     "lecture": Param(bool, False), "hide": Param(tuple, ()),
 }

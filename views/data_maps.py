@@ -331,17 +331,19 @@ def _maps(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
     cfg = _map_controls(train, test)
     cache = app_cache()
     result = E.cached_map(cfg, cache)
+    first_map = not st.session_state.get(K + "map_seen")  # the map a visitor lands on computes by itself
+    st.session_state[K + "map_seen"] = True
     if result is not None:
         _draw_map(result, test)
         return
-    if st.button("Compute", key=K + "compute", type="primary"):
+    if st.button("Compute", key=K + "compute", type="primary") or first_map:
         if R.is_model_ref(cfg.space):  # the menu may be up to a minute old: check the model is still here
             config_or_stop(lambda: R.resolve(cfg.space, test.name, test.input_shape, cache=cache))
         start_job("data_map", E.map_job(cfg, cache), name=f"map {cfg.dataset} {cfg.method}")
         st.session_state[K + "job_cfg"] = cfg
     job = get_job("data_map")
     if job is None or st.session_state.get(K + "job_cfg") != cfg:
-        st.info("Press Compute to embed these points; every map is cached by its settings.")
+        st.info("Press Compute to embed these points with the settings above; every map is cached by its settings.")
         return
     labels = test.y[E.point_index(len(test), cfg.n_points, cfg.seed)].numpy()
     poll_job(job, lambda j: _draw_progress(j, cfg, labels, test.classes), every=1.0)

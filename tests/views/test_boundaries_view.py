@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer.labs.boundaries.run import build_config
+
 PAGE = str(Path(__file__).resolve().parents[2] / "views" / "boundaries.py")
 
 
@@ -72,8 +74,8 @@ def test_play_trains_and_learning_rate_changes_mid_run() -> None:
 def test_changing_architecture_starts_a_new_run_and_reinit_changes_seed() -> None:
     at = _app()
     first = _run(at)
-    at.slider(key="pg_layers").set_value(3).run()
-    assert _run(at) is not first and _run(at).cfg.model.hidden[:2] == (8, 8) and len(_run(at).cfg.model.hidden) == 3
+    at.slider(key="pg_layers").set_value(2).run()
+    assert _run(at) is not first and _run(at).cfg.model.hidden == (8, 8)
     seed = at.session_state["pg_seed"]
     at.button(key="pg_btn_reinit").click().run()
     assert at.session_state["pg_seed"] != seed
@@ -101,7 +103,7 @@ def test_bad_url_parameters_are_refused_with_a_message(params: dict, fragment: s
     assert not at.exception
     errors = " ".join(e.value for e in at.error)
     assert "refused" in errors and fragment in errors
-    assert _run(at).cfg.train.lr == 0.03  # the defaults run instead
+    assert _run(at).cfg == build_config()  # the defaults run instead
 
 
 def test_lecture_mode_hides_chosen_controls() -> None:
@@ -120,7 +122,7 @@ def test_copy_link_contains_the_settings() -> None:
 
 
 def test_divergence_is_reported() -> None:
-    at = _app(act="relu", lr="10", dataset="circle", loss="mse", speed="0", features="x1,x2,x1^2,x2^2")
+    at = _app(act="relu", lr="10", opt="sgd", dataset="circle", loss="mse", speed="0", features="x1,x2,x1^2,x2^2")
     run = _run(at)
     at.button(key="pg_btn_play").click().run()
     _wait(lambda: run.status == "diverged")

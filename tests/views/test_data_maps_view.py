@@ -31,14 +31,12 @@ def _page(**params: str) -> AppTest:
 
 
 def test_digits_page_draws_balance_gallery_and_a_pca_map() -> None:
+    before = {j.id for j in default_runner().jobs()}
     at = _page(dataset="digits", method="pca", points="300")
     assert not at.exception
     assert at.selectbox(key="data_dataset").value == "digits"
     assert [m.value for m in at.metric][:2] == ["1,437", "360"]
     assert at.slider(key="data_per_class").value == 8 and len(at.get("image")) >= 10
-    before = {j.id for j in default_runner().jobs()}
-    at.button(key="data_compute").click().run()
-    assert not at.exception
     job = next(j for j in default_runner().jobs() if j.name.startswith("map digits") and j.id not in before)
     assert job.wait(60)
     at.run()
@@ -99,9 +97,8 @@ def test_fashion_mnist_default() -> None:
 
 def test_every_map_point_has_its_hover_thumbnail() -> None:
     """No point of a finished map lacks its image (a byte cap once left about a quarter of CIFAR points bare)."""
-    at = _page(dataset="digits", method="pca", points="360")  # the whole digits test split
     before = {j.id for j in default_runner().jobs()}
-    at.button(key="data_compute").click().run()
+    at = _page(dataset="digits", method="pca", points="360")  # the map a visitor lands on computes by itself
     job = next(j for j in default_runner().jobs() if j.name.startswith("map digits") and j.id not in before)
     assert job.wait(60)
     at.run()
@@ -113,11 +110,24 @@ def test_every_map_point_has_its_hover_thumbnail() -> None:
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets is not here")
 def test_every_point_of_a_default_size_cifar_map_has_its_thumbnail() -> None:
     """2,000 CIFAR-10 points (the default size): every one carries its image, enlarged from 32 pixels."""
-    at = _page(dataset="cifar10", method="pca", points="2000")
     before = {j.id for j in default_runner().jobs()}
-    at.button(key="data_compute").click().run()
+    at = _page(dataset="cifar10", method="pca", points="2000")  # the map a visitor lands on computes by itself
     job = next(j for j in default_runner().jobs() if j.name.startswith("map cifar10") and j.id not in before)
     assert job.wait(120)
     at.run()
     assert not at.exception
     assert any("Hover a point for its image: every point." in c.value for c in at.caption)
+
+
+def test_the_map_a_visitor_lands_on_computes_by_itself_and_later_settings_wait_for_compute() -> None:
+    before = {j.id for j in default_runner().jobs()}
+    at = _page(dataset="digits", method="pca", points="300")
+    assert not at.exception
+    started = [j for j in default_runner().jobs() if j.id not in before and j.name.startswith("map digits pca")]
+    assert len(started) == 1 and started[0].wait(60)
+    at.run()
+    assert any("trustworthiness" in c.value for c in at.caption)  # the map is shown without a click
+    before = {j.id for j in default_runner().jobs()}
+    at.radio(key="data_method").set_value("tsne").run()
+    assert not [j for j in default_runner().jobs() if j.id not in before]  # a changed setting waits for Compute
+    assert any("Press Compute" in i.value for i in at.info)

@@ -61,10 +61,10 @@ def describe(cfg: PlaygroundConfig) -> str:
 
 
 def build_config(*, dataset: str = "spiral", noise: int = 0, train_ratio: int = 50, n_points: int = 500,
-                 data_seed: int = 0, input_features: tuple[str, ...] = ("x1", "x2"), hidden: tuple[int, ...] = (8, 8),
+                 data_seed: int = 0, input_features: tuple[str, ...] = ("x1", "x2"), hidden: tuple[int, ...] = (8, 8, 8),
                  activation: str = "tanh", batch_norm: bool = False, dropout: float = 0.0,
                  regularization: str = "none", reg_rate: float = 0.0, loss: str = "cross_entropy",
-                 optimizer: str = "sgd", lr: float = 0.03, batch_size: int = 10, seed: int = 0,
+                 optimizer: str = "adam", lr: float = 0.01, batch_size: int = 10, seed: int = 0,
                  epochs: int = 1000, upload: Points | None = None, upload_sha: str = "") -> PlaygroundConfig:
     """Flat settings (as on screen or in a URL) -> a validated PlaygroundConfig."""
     if regularization not in ("none", "L1", "L2"):
