@@ -17,7 +17,8 @@ from explorer.labs.data_maps import representations as R
 from explorer.labs.data_maps.imbalance import ImbalanceConfig, compare_recall
 from explorer.nets.small import ARCHS, NetConfig, describe
 from explorer.render import gallery as G
-from views.widgets import app_cache, config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
+from views.widgets import (app_cache, config_or_stop, for_lecture, get_job, lecture_mode, poll_job, settings_from_url,
+                           show_provenance, start_job)
 
 K = "data_"  # widget-key prefix
 FOLDER = "folder"  # the menu entry for the user's own image folder
@@ -267,7 +268,8 @@ def _draw_map(result: E.MapResult, test: D.ArrayDataset) -> None:
                        "image": [thumbs.get(int(i), "") for i in result.index]})
     brush = alt.selection_interval(name="region", encodings=["x", "y"])
     chart = _scatter(df, result.classes, ["class", "index", "image"]).add_params(brush)
-    event = st.altair_chart(chart, on_select="rerun", key=K + "map_chart", width="stretch")
+    event = st.altair_chart(for_lecture(chart, bool(st.session_state.get(K + "lecture"))), on_select="rerun",
+                            key=K + "map_chart", width="stretch")
     m = result.metrics
     figures = [f"{m['n_points']:,} points", f"trustworthiness {m['trustworthiness']:.3f} (10 neighbours)"]
     if R.is_model_ref(c.space):
@@ -318,7 +320,8 @@ def _draw_progress(job: Job, cfg: E.MapConfig, labels: np.ndarray, classes: tupl
     if coords is not None and len(coords) == len(labels):
         keep = np.random.default_rng(0).permutation(len(labels))[:MAX_LIVE_POINTS]  # a light live chart
         df = pd.DataFrame({"x": coords[keep, 0], "y": coords[keep, 1], "class": [classes[i] for i in labels[keep]]})
-        st.altair_chart(_scatter(df, classes, ["class"]), width="stretch")
+        st.altair_chart(for_lecture(_scatter(df, classes, ["class"]), bool(st.session_state.get(K + "lecture"))),
+                        width="stretch")
     if not job.is_final and st.button("Stop", key=K + "stop"):
         job.cancel()
 
@@ -350,6 +353,7 @@ def _maps(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
 
 
 st.title("Data maps")
+lecture_mode(K)
 st.caption("How many images each class has, what they look like, and how the classes sit in a 2D map.")
 _init_from_url()
 if K + "link_error" in st.session_state:

@@ -16,7 +16,8 @@ from explorer.labs.double_descent.results import (clearest_sweep, describe, inte
                                                   peak_rise, recompute_command, sweep_frame)
 from explorer.labs.double_descent.run import plan_sweep, run_sweep
 from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, live_spec
-from views.widgets import app_cache, config_or_stop, get_job, poll_job, show_provenance, split_dash, start_job
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, lecture_mode, poll_job,
+                           show_provenance, split_dash, start_job)
 
 K = "dd_"  # widget-key prefix
 METRIC_LABELS = {"test_err": "test error (clean labels)", "test_err_noisy": "test error (noisy labels)",
@@ -153,7 +154,8 @@ def sweep_view() -> None:
         st.info("What to look for: this sweep shows no model-wise peak at its last epoch; the test error only falls "
                 "with width. Pick a sweep with label noise and long training for the peak.")
     closed_form = entry.config["family"].startswith("rf_")
-    st.altair_chart(_model_wise(df, metric, x_axis, int(epoch), closed_form), width="stretch")
+    lecture = bool(st.session_state.get(K + "lecture"))
+    st.altair_chart(for_lecture(_model_wise(df, metric, x_axis, int(epoch), closed_form), lecture), width="stretch")
     st.caption("Solid: the chosen test metric; dashed: the same on the (noisy) training labels. Line: mean over "
                "seeds; band: min to max over seeds. Dotted rule: the interpolation threshold, the smallest model "
                "whose training " + ("squared error" if closed_form else "error") + " reaches 0.")
@@ -165,9 +167,9 @@ def sweep_view() -> None:
         noise = e1.selectbox("Label noise", noises, format_func=lambda p: f"{100 * p:g}%", key=K + "ew_noise")
         chosen = e2.multiselect("Widths", widths, key=K + "ew_widths")
         heat, curves = _epoch_wise(df, metric, noise, chosen)
-        h1, h2 = st.columns(2)
-        h1.altair_chart(heat, width="stretch")
-        h2.altair_chart(curves, width="stretch")
+        h1, h2 = chart_slots(lecture)
+        h1.altair_chart(for_lecture(heat, lecture), width="stretch")
+        h2.altair_chart(for_lecture(curves, lecture), width="stretch")
 
 
 def live_sweep() -> None:
@@ -264,7 +266,7 @@ def random_features() -> None:
                 x=x, y=y, color=alt.Color("set:N", title=None),
                 tooltip=["features", "set", alt.Tooltip("value:Q", format=".3f")])
             rule = alt.Chart(pd.DataFrame({"n": [n]})).mark_rule(strokeDash=[4, 4]).encode(x="n:Q")
-            st.altair_chart(chart + rule, width="stretch")
+            st.altair_chart(for_lecture(chart + rule, bool(st.session_state.get(K + "lecture"))), width="stretch")
             by_p = df.set_index("features")
             below = by_p[by_p.index < n]
             low = f"from {below[test_col].min():.3f} (p = {below[test_col].idxmin()}) " if len(below) else ""
@@ -279,6 +281,7 @@ def random_features() -> None:
 
 
 st.title("Double descent")
+lecture_mode(K)
 st.write("Bigger models and longer training first overfit, then generalise better again: the test error "
          "peaks where the model can just fit the (noisy) training labels.")
 tab_sweeps, tab_rf = st.tabs(["Width and epoch sweeps", "Random features (instant)"])

@@ -16,8 +16,8 @@ from explorer.core.urlstate import Param
 from explorer.data.noise import LABEL_SCHEMES, MODES
 from explorer.labs.memorisation import lab as mem
 from explorer.train.stacked import OPTIMIZER_KINDS
-from views.widgets import (app_cache, config_or_stop, get_job, poll_job, settings_from_url, show_provenance, split_dash,
-                           start_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, lecture_mode, poll_job,
+                           settings_from_url, show_provenance, split_dash, start_job)
 
 K = "mem_"  # widget-key prefix
 VIEWS = {"modes": "Corruption modes", "sweep-p": "Corruption fraction p", "sweep-width": "Width vs parameters"}
@@ -146,9 +146,10 @@ def draw_modes(m: dict[str, Any]) -> None:
     if df.empty:
         st.info("Waiting for the first epoch...")
         return
-    c1, c2 = st.columns(2)
-    c1.altair_chart(_line(df, "epoch", "accuracy", "run", m["chance"]), width="stretch")
-    c2.altair_chart(_line(df, "epoch", "loss", "run"), width="stretch")
+    lecture = bool(st.session_state.get(K + "lecture"))
+    c1, c2 = chart_slots(lecture)
+    c1.altair_chart(for_lecture(_line(df, "epoch", "accuracy", "run", m["chance"]), lecture), width="stretch")
+    c2.altair_chart(for_lecture(_line(df, "epoch", "loss", "run"), lecture), width="stretch")
     c1.caption("Solid: training set (with its corrupted labels or inputs). Dashed: test set, true labels. "
                "Grey: chance.")
     rows = mem.fit_table(m)
@@ -189,15 +190,16 @@ def draw_sweep_p(m: dict[str, Any]) -> None:
     rows = [{"p": p, "split": split, "accuracy": 1 - h[f"{split}_err"][i][-1], "epochs to fit": m["fit_epoch"][i]}
             for i, p in enumerate(m["ps"]) for split in ("train", "test")]
     df = pd.DataFrame(rows)
-    c1, c2 = st.columns(2)
+    lecture = bool(st.session_state.get(K + "lecture"))
+    c1, c2 = chart_slots(lecture)
     chart = alt.Chart(df).mark_line(point=True).encode(
         x="p:Q", y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), strokeDash=split_dash("train", "test"),
         tooltip=["p", "split", alt.Tooltip("accuracy:Q", format=".3f"), "epochs to fit"])
     rule = alt.Chart(pd.DataFrame({"chance": [m["chance"]]})).mark_rule(strokeDash=[2, 2], color="grey").encode(
         y="chance:Q")
-    c1.altair_chart((chart + rule).properties(height=300, title="Accuracy after training vs p"),
+    c1.altair_chart(for_lecture((chart + rule).properties(height=300, title="Accuracy after training vs p"), lecture),
                     width="stretch")
-    c2.altair_chart(_line(_curves(m), "epoch", "accuracy", "run", m["chance"]), width="stretch")
+    c2.altair_chart(for_lecture(_line(_curves(m), "epoch", "accuracy", "run", m["chance"]), lecture), width="stretch")
     st.dataframe(pd.DataFrame(mem.fit_table(m)), hide_index=True, key=K + "table")
 
 
@@ -214,10 +216,12 @@ def draw_width(m: dict[str, Any]) -> None:
     df = pd.DataFrame(rows)
     n = pd.DataFrame({"parameters": [m["n_train"]]})
     threshold = alt.Chart(n).mark_rule(strokeDash=[1, 3], color="black").encode(x="parameters:Q")
-    c1, c2 = st.columns(2)
-    c1.altair_chart(_line(df, "parameters", "accuracy", "run", m["chance"], log_x=True) + threshold,
+    lecture = bool(st.session_state.get(K + "lecture"))
+    c1, c2 = chart_slots(lecture)
+    c1.altair_chart(for_lecture(_line(df, "parameters", "accuracy", "run", m["chance"], log_x=True) + threshold,
+                                lecture), width="stretch")
+    c2.altair_chart(for_lecture(_line(df, "parameters", "loss", "run", log_x=True) + threshold, lecture),
                     width="stretch")
-    c2.altair_chart(_line(df, "parameters", "loss", "run", log_x=True) + threshold, width="stretch")
     st.caption(f"Each point is one width trained for the full cap of {m['max_epochs']} epochs; the dotted "
                f"vertical line marks parameters = training examples ({m['n_train']}).")
     st.dataframe(df.pivot_table(index=["width", "parameters"], columns=["run", "split"], values="accuracy"),
@@ -245,6 +249,7 @@ def _presets(view: str) -> list[Entry]:
 # --- page --------------------------------------------------------------------------------------------
 
 st.title("Memorisation: random labels")
+lecture_mode(K)
 st.caption("Zhang et al. (2017), *Understanding deep learning requires rethinking generalization*: the same "
            "network fits real labels, random labels and pure noise; only the real ones generalise.")
 _init_from_url()

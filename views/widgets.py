@@ -91,6 +91,9 @@ def show_provenance(entry: Entry, recompute: str | None = None, compute_s: float
     st.caption(" · ".join(parts) + (f" · recompute with `{recompute}`" if recompute else ""))
 
 
+PAGE_WIDE_PARAMS = ("lecture",)  # URL parameters every page understands (lecture_mode), outside its schema
+
+
 def settings_from_url(schema: dict, prefix: str, validate: Callable[[dict], Any] | None = None) -> dict:
     """The URL's settings, checked on the server; refused ones leave a message and give the defaults.
 
@@ -100,7 +103,8 @@ def settings_from_url(schema: dict, prefix: str, validate: Callable[[dict], Any]
     from explorer.core.urlstate import parse_params
 
     try:
-        values = parse_params(schema, dict(st.query_params))
+        given = {k: v for k, v in st.query_params.items() if k in schema or k not in PAGE_WIDE_PARAMS}
+        values = parse_params(schema, given)
         if validate is not None:
             validate(values)
         return values
@@ -115,3 +119,33 @@ def split_dash(solid: str, dashed: str, title: str | None = None) -> alt.StrokeD
     return alt.StrokeDash("split:N", scale=alt.Scale(domain=[solid, dashed], range=[[1, 0], [5, 3]]),
                           legend=alt.Legend(title=title, symbolType="stroke", symbolStrokeColor="#555",
                                             symbolStrokeWidth=2, symbolSize=300))
+
+
+LECTURE_HEIGHT = 440  # px of a chart in lecture mode: about half a 1080-pixel screen
+LECTURE_FONT = 18  # px of chart text in lecture mode: readable from the back of a hall on a 1920-wide projector
+
+
+def lecture_mode(prefix: str) -> bool:
+    """The page's "Lecture mode" toggle in the sidebar (a link with ?lecture=1 opens in it)."""
+    key = prefix + "lecture"
+    if key not in st.session_state:
+        st.session_state[key] = st.query_params.get("lecture", "") in ("1", "true", "True")
+    return st.sidebar.toggle("Lecture mode", key=key,
+                             help="Every chart the full width of the screen, one per row, with large text.")
+
+
+def chart_slots(lecture: bool, n: int = 2) -> list:
+    """Where n charts go: n columns side by side, or in lecture mode n full-width rows."""
+    return [st.container() for _ in range(n)] if lecture else list(st.columns(n))
+
+
+def for_lecture(chart: alt.TopLevelMixin, lecture: bool) -> alt.TopLevelMixin:
+    """The chart with large axis, legend and title text in lecture mode (unchanged otherwise)."""
+    if not lecture:
+        return chart
+    if isinstance(chart, (alt.Chart, alt.LayerChart)):
+        chart = chart.properties(height=LECTURE_HEIGHT)  # full width and squat is hard to read: taller too
+    f = LECTURE_FONT
+    return (chart.configure_axis(labelFontSize=f, titleFontSize=f + 2)
+            .configure_legend(labelFontSize=f, titleFontSize=f + 2, labelLimit=0)
+            .configure_title(fontSize=f + 4))
