@@ -207,7 +207,10 @@ def _draw(frame: dict, slots: dict | None, lecture: bool) -> dict:
 
 def page() -> None:
     st.title("Decision boundaries")
-    st.caption("Train a small network on a 2D data set and watch its decision boundary form, epoch by epoch.")
+    st.caption("Train a small network on a 2D data set and watch its decision boundary form, epoch by epoch. "
+               "What to look for: press Play; within seconds the background (the network's output) bends to separate "
+               "the two classes (the default spiral's two arms), and each neuron's thumbnail in the network below "
+               "shows the piece of the boundary it contributes.")
     if K + "init" not in st.session_state:
         st.session_state[K + "init"] = True
         _init_from_url()

@@ -187,7 +187,9 @@ def surface_tab() -> None:
     raced = st.session_state.get(K + "race") == cfg
     if not raced:
         st.info("Press **Race** to start every ticked optimizer from the start point (the black circle), or "
-                "click on the surface to pick another start.")
+                "click on the surface to pick another start. What to look for: plain SGD crawls along the valley; "
+                "momentum swings across it at first, then builds up speed along it; RMSProp and Adam take steps of "
+                "about the same size whatever the slope.")
     data, messages = replay_data(cfg, raced, autoplay=fresh, run=st.session_state.get(K + "race_n", 0))
     result = _REPLAY(data=data, key=K + "replay", on_pick_change=lambda: None)
     pick = getattr(result, "pick", None)
