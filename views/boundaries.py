@@ -17,7 +17,7 @@ from explorer.labs.boundaries.run import SPEEDS, PlaygroundRun, Snapshot, build_
 from explorer.nets.mlp import ACTIVATIONS, MAX_LAYERS, MAX_WIDTH
 from explorer.render.png import boundary_png, curves_png, data_uri, network_svg
 from explorer.train.single_mlp import LOSSES, OPTIMIZER_KINDS
-from views.widgets import app_cache, config_or_stop, get_job, settings_from_url, start_job
+from views.widgets import app_cache, config_or_stop, get_job, plain, settings_from_url, start_job
 
 LRS = (0.00001, 0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 # URL names (in shared links): "features" is the input-features group and setting
@@ -216,7 +216,7 @@ def page() -> None:
         _init_from_url()
     _keep_widget_state()
     if err := st.session_state.pop(K + "link_error", None):
-        st.error(err)
+        st.error(plain(err))
     s = st.session_state
     hide = set(s[K + "hide"]) if s[K + "lecture"] else set()
     bar = st.container()

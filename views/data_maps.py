@@ -17,8 +17,8 @@ from explorer.labs.data_maps import representations as R
 from explorer.labs.data_maps.imbalance import ImbalanceConfig, compare_recall
 from explorer.nets.small import ARCHS, NetConfig, describe
 from explorer.render import gallery as G
-from views.widgets import (app_cache, config_or_stop, for_lecture, get_job, lecture_mode, poll_job, settings_from_url,
-                           show_provenance, start_job)
+from views.widgets import (app_cache, config_or_stop, for_lecture, get_job, lecture_mode, plain, poll_job,
+                           settings_from_url, show_provenance, start_job)
 
 K = "data_"  # widget-key prefix
 FOLDER = "folder"  # the menu entry for the user's own image folder
@@ -357,7 +357,7 @@ lecture_mode(K)
 st.caption("How many images each class has, what they look like, and how the classes sit in a 2D map.")
 _init_from_url()
 if K + "link_error" in st.session_state:
-    st.error(st.session_state.pop(K + "link_error"))
+    st.error(plain(st.session_state.pop(K + "link_error")))
 choice = st.selectbox("Data set", [*D.NAMES, FOLDER], key=K + "dataset",
                       format_func=lambda n: "Your image folder" if n == FOLDER else D.title(n))
 name = choice

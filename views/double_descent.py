@@ -16,7 +16,7 @@ from explorer.labs.double_descent.results import (clearest_sweep, describe, inte
                                                   peak_rise, recompute_command, sweep_frame)
 from explorer.labs.double_descent.run import plan_sweep, run_sweep
 from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, live_spec
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, lecture_mode, poll_job,
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, lecture_mode, plain, poll_job,
                            show_provenance, split_dash, start_job)
 
 K = "dd_"  # widget-key prefix
@@ -289,7 +289,7 @@ with tab_sweeps:
     try:
         sweep_view()
     except (ConfigError, KeyError) as exc:
-        st.error(f"This sweep cannot be shown: {exc}")
+        st.error("This sweep cannot be shown: " + plain(exc))
     with st.expander("Compute a small sweep live"):
         live_sweep()
 with tab_rf:

@@ -16,7 +16,7 @@ from explorer.core.urlstate import Param
 from explorer.data.noise import LABEL_SCHEMES, MODES
 from explorer.labs.memorisation import lab as mem
 from explorer.train.stacked import OPTIMIZER_KINDS
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, lecture_mode, poll_job,
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, lecture_mode, plain, poll_job,
                            settings_from_url, show_provenance, split_dash, start_job)
 
 K = "mem_"  # widget-key prefix
@@ -254,7 +254,7 @@ st.caption("Zhang et al. (2017), *Understanding deep learning requires rethinkin
            "network fits real labels, random labels and pure noise; only the real ones generalise.")
 _init_from_url()
 if K + "link_error" in st.session_state:
-    st.warning(st.session_state.pop(K + "link_error"))
+    st.warning(plain(st.session_state.pop(K + "link_error")))
 
 view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, key=K + "view") or "modes"
 st.markdown(LOOK_FOR[view])

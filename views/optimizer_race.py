@@ -22,7 +22,8 @@ from explorer.labs.optimizer_race.race import (TASK_DATASETS, SurfaceRaceConfig,
 from explorer.labs.optimizer_race.surfaces import SURFACES
 from explorer.nets.small import ARCHS, NetConfig
 from explorer.train.optimizers import LR_RANGE, OPTIMIZERS, OptimizerConfig
-from views.widgets import app_cache, config_or_stop, get_job, poll_job, settings_from_url, show_provenance, start_job
+from views.widgets import (app_cache, config_or_stop, get_job, plain, poll_job, settings_from_url, show_provenance,
+                           start_job)
 
 K = "opt_"  # widget-key prefix
 REPLAY_CSS = """
@@ -299,7 +300,7 @@ st.title("Optimizer race")
 st.caption("SGD, momentum, Nesterov, Adagrad, RMSProp, Adadelta, Adam, AdamW, NAdam and RAdam — torch.optim's own "
            "implementations — race from the same start: first on 2-D loss surfaces, then on a real network.")
 if K + "link_error" in st.session_state:
-    st.warning(st.session_state.pop(K + "link_error"))
+    st.warning(plain(st.session_state.pop(K + "link_error")))
 tab1, tab2 = st.tabs(["On a loss surface", "On a real task"])
 with tab1:
     surface_tab()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable, TypeVar
 
@@ -31,12 +32,22 @@ def app_cache() -> Cache:
     return default_cache()
 
 
+_MARKDOWN = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character: each may start Markdown
+
+
+def plain(text: object) -> str:
+    """Text for a Markdown-rendering element (st.error, st.warning, ...) shown exactly as written: every ASCII
+    punctuation character backslash-escaped (CommonMark), so a crafted link's text cannot become a link, emphasis,
+    HTML or one of Streamlit's :directives:."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
+
+
 def config_or_stop(build: Callable[[], T]) -> T:
     """Build a config; a ConfigError (out-of-range or malformed setting) is shown and the page stops."""
     try:
         return build()
     except ConfigError as exc:
-        st.error(f"Setting refused: {exc}")
+        st.error("Setting refused: " + plain(exc))
         st.stop()
         raise  # unreachable: st.stop() raises
 
@@ -68,7 +79,7 @@ def poll_job(job: Job, draw: Callable[[Job], Any], every: float = 0.5) -> None:
         job.touch()
         draw(job)
         if job.state.value == "failed":
-            st.error(f"The job failed: {job.error}")
+            st.error("The job failed: " + plain(job.error))
 
     _panel()
 
