@@ -48,6 +48,8 @@ def _init_from_url() -> None:
         check_choice("view", v["view"], VIEWS)
         check_choice("dataset", v["dataset"], DATASET_LABELS)
         check_choice("model", v["model"], MODEL_LABELS)
+        # the core's own limits, so a link cannot put a widget outside its range (p=5 once crashed the p slider)
+        dataclasses.replace(START, **{k: v[k] for k in ("dataset", "model", "width", "n_train", "max_epochs", "p")})
 
     values = settings_from_url(SCHEMA, K, validate)
     for name, value in values.items():

@@ -67,7 +67,7 @@ def test_bad_links_and_settings_get_a_message():
     assert not at.exception
     assert any("refused" in w.value for w in at.warning)
     at = _app(width="99999")
-    assert any("width must be between" in e.value for e in at.error)
+    assert any("width must be between" in w.value for w in at.warning)  # refused with the link, defaults shown
     at = _app(max_epochs="abc")
     assert any("not a valid int" in w.value for w in at.warning)
     at = _app(dataset="mnist1d")  # the page opens on digits; the small CNN is refused on 1-D data
@@ -98,3 +98,15 @@ def test_training_runs_as_a_job_and_shows_the_fit_table(page_cache):
     at.text_input(key="mem_widths").set_value("4, x").run()
     assert any("comma-separated" in e.value.replace("\\", "") for e in at.error)  # as shown: escapes dropped
     assert not at.exception
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"p": "5"}, "between 0 and 1"), ({"p": "-0.5"}, "between 0 and 1"), ({"width": "100000"}, "width"),
+    ({"n_train": "1"}, "training examples"), ({"max_epochs": "10000000"}, "epochs cap"),
+])
+def test_out_of_range_link_settings_are_refused_not_crashed(params: dict, fragment: str) -> None:
+    """?p=5 once put the p slider outside its range and crashed the page with a traceback."""
+    at = _app(**params)
+    assert not at.exception
+    shown = " ".join(w.value.replace("\\", "") for w in at.warning)
+    assert "refused" in shown and fragment in shown
