@@ -118,3 +118,12 @@ def test_no_import_loops_in_the_core() -> None:
         if m not in state:
             visit(m, [m])
     assert not loops, loops
+
+
+def test_a_lab_s_tests_import_only_that_lab() -> None:
+    """tests/labs/<slug>/ tests one lab; what crosses labs (they meet in the cache) lives in tests/integration/."""
+    bad = []
+    for p in _files("tests/labs"):
+        own = p.relative_to(ROOT / "tests" / "labs").parts[0]
+        bad += [f"{p.relative_to(ROOT)} imports {m}" for m in _imports(p) if _lab_of(m) not in (None, own)]
+    assert not bad, bad

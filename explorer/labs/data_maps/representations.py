@@ -9,7 +9,7 @@ entry.tensors() and run it up to its representation layer. Two kinds are registe
 
 - "representation_net": a small MLP or CNN (explorer.nets.small) trained here for this purpose, seeded, on
   a subset of the train split (`train_representation_net`; a few seconds on a CPU for the small sets);
-- "dd_point": double-descent sweep points (explorer.labs.double_descent) that kept checkpoints.
+- "dd_point": double-descent sweep points (that lab's cache entries, read from the cache) that kept checkpoints.
 
 The other cached trainings (task races, the memorisation lab, the class-recall experiment) keep
 metrics but no weights, so they cannot serve. A model is named in a MapConfig as

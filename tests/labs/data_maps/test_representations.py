@@ -14,8 +14,6 @@ from explorer.core.jobs import JobRunner, JobState
 from explorer.data import datasets as D
 from explorer.labs.data_maps import embed as E
 from explorer.labs.data_maps import representations as R
-from explorer.labs.double_descent.run import compute_group
-from explorer.labs.double_descent.spec import SweepSpec
 from explorer.nets.small import NetConfig
 
 
@@ -90,18 +88,6 @@ def test_models_are_listed_by_data_set_and_input_shape(cache) -> None:
     assert [m.ref for m in R.list_models("digits", cache=cache)] == [model.ref]
     assert [m.ref for m in R.list_models("digits", (1, 8, 8), cache=cache)] == [model.ref]
     assert R.list_models("digits", (1, 28, 28), cache=cache) == [] and R.list_models("mnist1d", cache=cache) == []
-
-
-def test_sweep_points_with_checkpoints_serve_as_embedding_spaces(cache) -> None:
-    spec = SweepSpec(name="tiny", dataset="digits", train_size=200, test_size=100, label_noise=(0.0,),
-                       widths=(8,), seeds=(0,), epochs=2, batch_size=50, checkpoint_epochs=(2,))
-    compute_group(spec, spec.points(), cache)
-    no_weights = dataclasses.replace(spec, name="no-ckpt", checkpoint_epochs=())
-    compute_group(no_weights, no_weights.points(), cache)
-    [model] = R.list_models("digits", cache=cache)
-    assert model.kind == "dd_point" and "width 8" in model.label and "epoch 2" in model.label
-    feats = R.representations(model.ref, D.load("digits", "test"), _index(), cache)
-    assert feats.shape == (200, 8) and (feats >= 0).all()
 
 
 def test_unknown_missing_corrupt_and_mismatched_models_are_refused(cache) -> None:
