@@ -92,15 +92,20 @@ def test_live_presets_fill_the_form() -> None:
     assert at.multiselect(key="dd_live_widths").value == [4, 8, 16, 25, 32, 40, 50, 64, 100, 200]
 
 
+def _rerun_until_caption(at: AppTest, text: str, seconds: float = 40) -> None:
+    """Rerun the page until a caption contains `text` (a background job finishing), at most `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not any(text in c.value for c in at.caption):
+        time.sleep(0.3)
+        at.run()
+
+
 def test_random_features_peak_is_computed_as_a_job(sweep_key: str) -> None:
     at = _app()
     at.selectbox(key="dd_rf_data").set_value("digits").run()
     at.select_slider(key="dd_rf_n").set_value(100).run()
     at.button(key="dd_rf_go").click().run()
-    end = time.monotonic() + 40
-    while time.monotonic() < end and not any("p = n = 100" in c.value for c in at.caption):
-        time.sleep(0.3)
-        at.run()
+    _rerun_until_caption(at, "p = n = 100")
     assert not at.exception
     assert any("p = n = 100" in c.value for c in at.caption)
 
@@ -158,10 +163,7 @@ def test_random_features_are_drawn_on_linear_axes(sweep_key: str) -> None:
     for shown in ("classification error", "squared error"):
         at.radio(key="dd_rf_metric").set_value(shown).run()
         at.button(key="dd_rf_go").click().run()
-        end = time.monotonic() + 40
-        while time.monotonic() < end and not any("p = n = 100" in c.value for c in at.caption):
-            time.sleep(0.3)
-            at.run()
+        _rerun_until_caption(at, "p = n = 100")
         assert not at.exception
         spec = json.loads(at.get("vega_lite_chart")[-1].proto.spec)
         y_scales = [layer["encoding"]["y"].get("scale", {}) for layer in spec["layer"] if "y" in layer["encoding"]]
