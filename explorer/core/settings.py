@@ -42,8 +42,10 @@ class Settings:
     """Every limit and serving setting (units in the names). The docstring of each field is its comment."""
 
     # jobs: the background runner shared by every visitor
-    max_jobs: int = 2  # trainings that compute at once (paused and sleeping ones do not count)
-    max_queue: int = 24  # trainings waiting for a compute slot; more get "the server is busy, try again"
+    max_jobs: int = 2  # compute slots: trainings that compute at this instant (sleeping and paused ones hold none)
+    max_running: int = 6  # trainings admitted at once (computing, or sleeping between paced epochs); others queue
+    slice_s: float = 0.5  # a job that computed this long while others wait for a slot yields it (round robin)
+    max_queue: int = 24  # trainings waiting to be admitted; more get "the server is busy, try again in a minute"
     orphan_timeout_s: float = 120.0  # a job whose browser tab stopped polling is cancelled after this
     max_job_s: float = 1800.0  # compute time one job may use (held slot, not sleep); then it is stopped
     status_log_s: float = 60.0  # a status line (queue, jobs, sessions, memory) in the log this often; 0: never
@@ -62,7 +64,9 @@ class Settings:
                 raise SettingsError(f"setting {key} must be {allowed}, got {getattr(self, key)!r}")
 
         need(1 <= self.max_jobs <= 1024, "max_jobs", "a whole number from 1 to 1024")
+        need(1 <= self.max_running <= 100_000, "max_running", "a whole number from 1 to 100000")
         need(0 <= self.max_queue <= 100_000, "max_queue", "a whole number from 0 to 100000")
+        need(0 < self.slice_s <= 3600, "slice_s", "a number of seconds in (0, 3600]")
         for key in ("orphan_timeout_s", "max_job_s", "max_upload_mb", "max_archive_mb"):
             need(0 < getattr(self, key) < float("inf"), key, "a positive number")
         need(0 <= self.status_log_s < float("inf"), "status_log_s", "a number of seconds >= 0 (0: off)")
