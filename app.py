@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import streamlit as st
 
+from explorer.core import settings
 from explorer.core.device import configure_threads
 from views.registry import LABS
+
+log = logging.getLogger("explorer.app")
 
 ROOT = Path(__file__).resolve().parent
 FAVICON = ROOT / "static" / "favicon.png"  # a local file: a Material icon favicon is fetched from a font CDN
@@ -24,8 +28,32 @@ def home() -> None:
             st.caption(info.see)
 
 
+def signed_in() -> bool:
+    """With `require_login` set (explorer.toml / EXPLORER_REQUIRE_LOGIN), a visitor signs in with the OIDC provider
+    configured in .streamlit/secrets.toml ([auth]; see README) before any page runs; True when the page may run."""
+    if not settings.current().require_login:
+        return True
+    if st.user.get("is_logged_in", False):
+        with st.sidebar:
+            st.caption(f"Signed in as {st.user.get('email') or st.user.get('name') or 'you'}")
+            st.button("Sign out", on_click=st.logout, key="app_logout")
+        return True
+    st.title("Sign in")
+    st.write("This server asks every visitor to sign in before training runs on it.")
+    if st.button("Sign in", type="primary", key="app_login"):
+        try:
+            st.login()
+        except Exception:  # StreamlitAuthError: [auth] missing or incomplete; the details are for the operator
+            log.exception("sign-in is required (require_login) but st.login failed")
+            st.error("Sign-in is switched on but not set up on this server. The operator must add an [auth] "
+                     "section to .streamlit/secrets.toml (see the README, Serving a class).")
+    return False
+
+
 configure_threads()
 st.set_page_config(page_title="explorer", page_icon=FAVICON, layout="wide")
+if not signed_in():
+    st.stop()
 nav = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)]
                     + [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in LABS])
 nav.run()

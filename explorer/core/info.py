@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from explorer.core import settings
 from explorer.core.cache import KEY_PATTERN, KIND_PATTERN, default_cache
 from explorer.core.device import describe_device
 from explorer.core.provenance import code_version
@@ -35,6 +36,9 @@ def main(argv: list[str]) -> int:
     print(f"code version: {code_version()}")
     print(f"data folder:  {os.environ.get('EXPLORER_DATA_DIR', '(default) data/')}")
     print(f"cache:        {cache.root} (runtime), {cache.shipped_root} (shipped)")
+    print(f"settings:     {settings.settings_file() or 'defaults (no explorer.toml)'}, EXPLORER_<KEY> overrides")
+    for line in settings.describe():
+        print(f"  {line}")
     counts = kind_counts(cache.root, cache.shipped_root)
     if not args.kind:
         if not counts:
