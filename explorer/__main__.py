@@ -12,6 +12,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "list the embedding spaces (trained models) a map of a data set can use, or train one"),
     "map": ("explorer.labs.data_maps.cli", "main", "compute a 2D map (t-SNE/UMAP/PCA) of a data set into the cache, optionally as CSV"),
     "memorise": ("explorer.labs.memorisation.lab", "main", "memorisation lab: corruption modes, p sweep, width sweep"),
+    "shiplist": ("explorer.core.shiplist", "main",
+                 "check that cache/shipped and its trust list agree (--write relists, after review)"),
     "sweep": ("explorer.labs.double_descent.run", "main", "run a double-descent sweep spec (TOML); resumes from the cache"),
 }
 
