@@ -5,15 +5,20 @@ per-step value that is non-finite exactly when the loss is) stopped being finite
 the whole epoch. `diverged_message` says which run diverged, where, the likely cause and what to change;
 `Diverged` carries it where a divergence ends a run. `evaluate` gives each model's mean cross-entropy and
 error over a whole set against one or more label sets, a chunk of examples per forward, so a set's
-activations are never held at once.
+activations are never held at once; a chunk that runs out of device memory is retried in halves.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
 import torch
+
+from explorer.core.status import free_memory, is_out_of_memory
+
+log = logging.getLogger(__name__)
 
 HOST_SCAN = 64  # values already on the host, up to this many, are scanned in Python (faster than tensor ops)
 SMALL_LR = 1e-3  # at or below this, a too-high learning rate is no longer the likely cause
@@ -71,24 +76,49 @@ def evaluate(logits_fn: LogitsFn, x: torch.Tensor, label_sets: Sequence[torch.Te
     """Per-model mean cross-entropy and error, device tensors (K,), against each (K, N) or (N,) label set.
 
     x holds the N examples along `example_dim` (0 for shared (N, ...) inputs, 1 for per-model (K, N, ...));
-    logits_fn maps `chunk` of them to (K, b, C) logits, or to (K, C, b) with classes_dim=1.
+    logits_fn maps `chunk` of them to (K, b, C) logits, or to (K, C, b) with classes_dim=1. A chunk that runs
+    out of device memory is retried in halves (down to one example), so evaluating a large set never fails for
+    memory on its own; the chunks already summed are kept.
     """
     n = x.shape[example_dim]
     if n == 0:
         raise ValueError("there are no examples to evaluate")
     sums: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for i in range(0, n, chunk):
-        z = logits_fn(x.narrow(example_dim, i, min(chunk, n - i))).float()
-        if classes_dim != -1:
-            z = z.movedim(classes_dim, -1)  # (K, b, C)
-        k = z.shape[0]
-        if not sums:
-            sums = [(torch.zeros(k, device=z.device), torch.zeros(k, device=z.device)) for _ in label_sets]
-        m = z.amax(-1, keepdim=True)
-        lse = (z - m).exp_().sum(-1, keepdim=True).log_().add_(m).sum((1, 2))  # (K,): the loss is lse - z[y]
-        pred = z.argmax(-1)  # (K, b)
-        for (loss, wrong), ys in zip(sums, label_sets):
-            y = ys[..., i:i + chunk].expand(k, -1)  # a shared (b,) set serves every model
-            loss += lse - z.gather(-1, y.unsqueeze(-1)).sum((1, 2))
-            wrong += (pred != y).sum(1)
+    i = 0
+    while i < n:
+        b = min(chunk, n - i)
+        try:
+            part = _chunk_sums(logits_fn, x.narrow(example_dim, i, b), label_sets, i, classes_dim)
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if chunk == 1 or not is_out_of_memory(exc):
+                raise
+            chunk = max(1, min(chunk, b) // 2)
+            log.warning("evaluation ran out of memory at %d examples per chunk; retrying with %d", b, chunk)
+        else:
+            if not sums:
+                sums = part
+            else:
+                for (loss, wrong), (dl, dw) in zip(sums, part):
+                    loss += dl
+                    wrong += dw
+            i += b
+            continue
+        free_memory()  # out of the except block: its traceback no longer holds the failed chunk's activations
     return [(loss / n, wrong / n) for loss, wrong in sums]
+
+
+def _chunk_sums(logits_fn: LogitsFn, xb: torch.Tensor, label_sets: Sequence[torch.Tensor], start: int,
+                classes_dim: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Summed cross-entropy and count of errors (K,) of one chunk of examples, starting at `start`, per label set."""
+    z = logits_fn(xb).float()
+    if classes_dim != -1:
+        z = z.movedim(classes_dim, -1)  # (K, b, C)
+    k, b = z.shape[0], z.shape[1]
+    m = z.amax(-1, keepdim=True)
+    lse = (z - m).exp_().sum(-1, keepdim=True).log_().add_(m).sum((1, 2))  # (K,): the loss is lse - z[y]
+    pred = z.argmax(-1)  # (K, b)
+    out = []
+    for ys in label_sets:
+        y = ys[..., start:start + b].expand(k, -1)  # a shared (b,) set serves every model
+        out.append((lse - z.gather(-1, y.unsqueeze(-1)).sum((1, 2)), (pred != y).sum(1).to(z.dtype)))
+    return out

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from explorer.core.jobs import JobContext, JobRunner, JobState, _limits_from_env, default_runner
+from explorer.core.jobs import JobContext, JobRunner, JobState, default_runner, runner_settings
 
 TIMEOUT_S = 5.0  # generous upper bound for anything that should take milliseconds
 
@@ -271,25 +271,44 @@ def test_default_runner_is_a_singleton():
     assert all(runner is default_runner() for runner in found)
 
 
-def test_limits_come_from_env(monkeypatch):
-    monkeypatch.delenv("EXPLORER_MAX_JOBS", raising=False)
-    monkeypatch.delenv("EXPLORER_ORPHAN_TIMEOUT_S", raising=False)
-    assert _limits_from_env() == (2, 120.0)
+RUNNER_VARS = ("EXPLORER_MAX_JOBS", "EXPLORER_MAX_RUNNING", "EXPLORER_MAX_QUEUE", "EXPLORER_SLICE_S",
+               "EXPLORER_MAX_JOB_S", "EXPLORER_ORPHAN_TIMEOUT_S")
+
+
+@pytest.fixture
+def no_settings_file(monkeypatch, tmp_path):
+    """Only the defaults and the environment: an empty settings file, no runner variables."""
+    empty = tmp_path / "explorer.toml"
+    empty.write_text("")
+    monkeypatch.setenv("EXPLORER_SETTINGS", str(empty))
+    for var in RUNNER_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_limits_come_from_the_settings_and_the_environment(no_settings_file, monkeypatch):
+    assert runner_settings() == {"max_running": 6, "max_jobs": 2, "max_queue": 24, "slice_s": 0.5,
+                                 "max_job_s": 1800.0, "orphan_timeout": 120.0}
     monkeypatch.setenv("EXPLORER_MAX_JOBS", "4")
     monkeypatch.setenv("EXPLORER_ORPHAN_TIMEOUT_S", "30")
-    assert _limits_from_env() == (4, 30.0)
+    limits = runner_settings()
+    assert (limits["max_jobs"], limits["orphan_timeout"]) == (4, 30.0)
+    runner = JobRunner(**limits, reap_interval=60.0)
+    try:
+        assert (runner.max_jobs, runner.max_running, runner.max_queue, runner.orphan_timeout) == (4, 6, 24, 30.0)
+    finally:
+        runner.shutdown()
 
 
 @pytest.mark.parametrize(
-    ("var", "value"),
+    ("var", "value", "key"),
     [
-        ("EXPLORER_MAX_JOBS", "0"),
-        ("EXPLORER_MAX_JOBS", "two"),
-        ("EXPLORER_ORPHAN_TIMEOUT_S", "-1"),
-        ("EXPLORER_ORPHAN_TIMEOUT_S", "soon"),
+        ("EXPLORER_MAX_JOBS", "0", "max_jobs"),
+        ("EXPLORER_MAX_JOBS", "two", "max_jobs"),
+        ("EXPLORER_ORPHAN_TIMEOUT_S", "-1", "orphan_timeout_s"),
+        ("EXPLORER_ORPHAN_TIMEOUT_S", "soon", "orphan_timeout_s"),
     ],
 )
-def test_bad_env_limits_are_rejected(monkeypatch, var, value):
+def test_bad_env_limits_are_rejected(no_settings_file, monkeypatch, var, value, key):
     monkeypatch.setenv(var, value)
-    with pytest.raises(ValueError, match=var):
-        _limits_from_env()
+    with pytest.raises(ValueError, match=key):  # SettingsError names the setting
+        runner_settings()

@@ -95,3 +95,45 @@ def test_first_nonfinite_scans_small_host_windows_like_the_tensor_path() -> None
         for lim in (None, limit):
             assert first_nonfinite(small, lim) == first_nonfinite(large, lim)
         assert first_nonfinite(small, limit)[4] == steps // 2 and first_nonfinite(small)[4] is None
+
+
+def test_a_chunk_out_of_memory_is_retried_in_halves_with_the_same_result() -> None:
+    logits, seen = _linear_models(3, 40, 10)
+    x = torch.randn(2500, 40)
+    labels = [torch.randint(0, 10, (3, 2500)), torch.randint(0, 10, (2500,))]
+    expected = evaluate(logits, x, labels, 1024)
+    seen.clear()
+
+    def small_device(xb: torch.Tensor) -> torch.Tensor:
+        if xb.shape[0] > 200:  # what a GPU says when a chunk's activations do not fit
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return logits(xb)
+
+    results = evaluate(small_device, x, labels, 1024)
+    assert max(seen) <= 200 and sum(seen) == 2500  # 1024 -> 512 -> 256 -> 128, then every chunk fits
+    assert seen[0] == 128
+    for (loss, err), (ref_loss, ref_err) in zip(results, expected):
+        torch.testing.assert_close(loss, ref_loss)
+        torch.testing.assert_close(err, ref_err)
+
+
+def test_an_allocator_message_counts_as_out_of_memory_and_other_errors_pass_through() -> None:
+    logits, seen = _linear_models(1, 4, 3)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    calls = 0
+
+    def flaky(xb: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # MPS and other allocators raise a plain RuntimeError
+            raise RuntimeError("MPS backend out of memory (MPS allocated: 1.2 GB)")
+        return logits(xb)
+
+    [(loss, _)] = evaluate(flaky, x, [y], 64)
+    [(ref, _)] = evaluate(logits, x, [y], 64)
+    torch.testing.assert_close(loss, ref)
+    assert seen[0] == 32  # halved once
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        evaluate(lambda xb: (_ for _ in ()).throw(RuntimeError("shape mismatch")), x, [y], 64)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # one example that does not fit: the error is real
+        evaluate(lambda xb: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")), x, [y], 4)
