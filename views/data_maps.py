@@ -1,17 +1,26 @@
-"""Data: class balance, galleries and 2D maps (t-SNE, UMAP, PCA) of real image data sets."""
+"""Data: class balance, galleries and 2D maps (t-SNE, UMAP, PCA) of real image data sets.
+
+A visitor brings their own images as an uploaded zip (explorer.data.uploads checks it); a folder on the server is
+offered only where the operator lists data roots (settings.data_roots), and only inside them.
+"""
 
 from __future__ import annotations
+
+import math
+import re
 
 import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from explorer.core import settings
 from explorer.core.cache import Cache
-from explorer.core.config import check_choice
+from explorer.core.config import ConfigError, check_choice
 from explorer.core.jobs import Job, JobState
 from explorer.core.urlstate import Param
 from explorer.data import datasets as D
+from explorer.data import uploads as U
 from explorer.labs.data_maps import embed as E
 from explorer.labs.data_maps import representations as R
 from explorer.labs.data_maps.imbalance import ImbalanceConfig, compare_recall
@@ -21,7 +30,10 @@ from views.widgets import (app_cache, config_or_stop, for_lecture, get_job, lect
                            settings_from_url, show_provenance, start_job)
 
 K = "data_"  # widget-key prefix
-FOLDER = "folder"  # the menu entry for the user's own image folder
+UPLOAD = "upload"  # the menu entry for the visitor's own images, uploaded as a zip
+FOLDER = "folder"  # the menu entry for a server folder: offered only where the operator lists data roots
+OWN_LABELS = {UPLOAD: "Your images (upload a zip)", FOLDER: "A folder on this server"}
+MIN_MAP_POINTS = 50  # the fewest points a map embeds (explorer.labs.data_maps.embed.MapConfig refuses fewer)
 SCHEMA = {"dataset": Param(str, "fashion_mnist"), "method": Param(str, "tsne"), "points": Param(int, 2000),
           "folder": Param(str, ""), "features": Param(str, "pixels")}  # features: the embedding space (shared links)
 # Every point of a map carries its hover thumbnail up to this page payload: all 20,000 points of a Fashion-MNIST
@@ -33,12 +45,20 @@ MAX_GALLERY_CLASSES = 20
 MAX_LIVE_POINTS = 2500  # points drawn while a map optimises (the finished map shows all)
 
 
+def _menu() -> list[str]:
+    """The data sets a visitor may pick: the registered ones, their upload, and a server folder where allowed."""
+    return [*D.NAMES, UPLOAD, *([FOLDER] if settings.current().data_root_paths() else [])]
+
+
 def _init_from_url() -> None:
     """First run of a session: settings from the URL, checked on the server; refused ones get a message."""
     if K + "dataset" in st.session_state:
         return
     def validate(v: dict) -> None:
-        check_choice("dataset", v["dataset"], [*D.NAMES, FOLDER])
+        check_choice("dataset", v["dataset"], _menu())
+        if v["folder"] and v["dataset"] != FOLDER:
+            raise ConfigError("URL parameter folder is used only with dataset=folder, on a server that offers "
+                              "its folders")
         E.MapConfig(method=v["method"], n_points=v["points"], space=v["features"])
 
     values = settings_from_url(SCHEMA, K, validate)
@@ -51,14 +71,56 @@ def _init_from_url() -> None:
 
 def _load(name: str) -> tuple[D.ArrayDataset, D.ArrayDataset]:
     """Train and test splits, or the embedded digits with a warning saying how to get the wanted set."""
-    with st.spinner(f"Loading {D.title(name)} (decoded once, then cached)..."):
+    with st.spinner(plain(f"Loading {D.title(name)} (decoded once, then kept)...")):
         train, msg = D.load_or_fallback(name, "train")
         test, msg_test = D.load_or_fallback(name, "test") if msg is None else D.load_or_fallback(D.FALLBACK, "test")
     if msg or msg_test:
-        st.warning(msg or msg_test)
+        st.warning(plain(msg or msg_test))
         if msg_test and not msg:
             train = D.load(D.FALLBACK, "train")
     return train, test
+
+
+def _upload_ui() -> str:
+    """The visitor's zip of images, checked (sizes, names, layout) before anything is unpacked; its data-set name."""
+    limits = U.limits_text()
+    f = st.file_uploader("Your images: a zip of <class>/<image> folders (or of <train|test>/<class>/<image>)",
+                         type=["zip"], key=K + "upload", help=limits,
+                         max_upload_size=max(1, math.ceil(settings.current().max_upload_mb)))
+    if f is None:
+        st.info("Upload a zip with one folder of images per class; 20% of each class is held out as the test set "
+                "unless the zip has train/ and test/ folders. " + limits)
+        st.stop()
+    try:
+        return U.register(f.getvalue(), f.name)
+    except D.DatasetUnavailable as err:
+        st.error(plain(err))
+        st.stop()
+        raise  # unreachable: st.stop() raises
+
+
+def _folder_ui() -> str:
+    """A folder inside the operator's data roots (the menu offers this only where there are some); its name."""
+    path = st.text_input("Folder inside the server's data folders (<folder>/<train|test>/<class>/<images>, or "
+                         "<folder>/<class>/<images>)", key=K + "folder", max_chars=1000)
+    if not path.strip():
+        st.info("Type the path of an image folder inside the server's data folders (relative to one of them).")
+        st.stop()
+    try:
+        return D.visitor_folder(path)
+    except D.DatasetUnavailable as err:
+        st.error(plain(err))
+        st.stop()
+        raise  # unreachable: st.stop() raises
+
+
+def _own_data(choice: str) -> str:
+    """The data-set name of the menu's choice: a registered set, the visitor's upload, or a server folder."""
+    if choice == UPLOAD:
+        return _upload_ui()
+    if choice == FOLDER:
+        return _folder_ui()
+    return choice
 
 
 def _balance(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
@@ -113,8 +175,9 @@ def _draw_recall(job: Job) -> None:
     ).properties(height=220), width="stretch")
     rare = res["classes"][cfg.minority_class]
     i = cfg.minority_class
-    st.caption(f"Softmax regression on {cfg.dataset}, {cfg.per_class} training examples per class vs the same with "
-               f"'{rare}' cut to {cfg.minority}. Recall of '{rare}' on the test set: "
+    rare = plain(rare)  # class names come from the visitor's folders
+    st.caption(f"Softmax regression on {plain(D.title(cfg.dataset))}, {cfg.per_class} training examples per class vs "
+               f"the same with '{rare}' cut to {cfg.minority}. Recall of '{rare}' on the test set: "
                f"{res['balanced']['recall'][i]:.1%} balanced, {res['imbalanced']['recall'][i]:.1%} imbalanced.")
 
 
@@ -133,32 +196,49 @@ def _gallery(train: D.ArrayDataset) -> None:
     for k, cls in enumerate(shown):
         xs = sub.x[sub.y == cls]
         if len(xs):
-            cols[k % 2].image(G.png(G.grid(xs, ncols=int(n), scale=scale)), caption=train.classes[cls])
+            cols[k % 2].image(G.png(G.grid(xs, ncols=int(n), scale=scale)),
+                              caption=plain(train.classes[cls]))  # captions are Markdown; names are the visitor's
     if train.num_classes > MAX_GALLERY_CLASSES:
         st.caption(f"Showing the first {MAX_GALLERY_CLASSES} of {train.num_classes} classes.")
 
 
-def _map_controls(train: D.ArrayDataset, test: D.ArrayDataset) -> E.MapConfig:
-    """Method and settings of the map; the config refuses out-of-range values."""
+def _clamped(key: str, default: float, hi: float) -> None:
+    """Keep a widget's value (default on first use) at most `hi` before it is drawn: small sets have fewer points."""
+    st.session_state[key] = min(st.session_state.get(key, default), hi)
+
+
+def _map_controls(train: D.ArrayDataset, test: D.ArrayDataset) -> E.MapConfig | None:
+    """Method and settings of the map, within what the test split allows; None (with a note) when it is too small."""
+    hi = min(len(test), E.MAX_POINTS)
+    if hi < MIN_MAP_POINTS:
+        st.info(f"A map needs at least {MIN_MAP_POINTS} test images; this data set has {len(test)}.")
+        return None
     c = st.columns([2, 2, 1])
     method = c[0].radio("Method", list(E.METHODS), format_func=E.METHODS.get, horizontal=True, key=K + "method")
-    hi = min(len(test), E.MAX_POINTS)
-    lo = min(100, hi)
-    st.session_state[K + "points"] = min(max(int(st.session_state.get(K + "points", 2000)), lo), hi)
-    points = c[1].slider("Points (seeded sample of the test set)", lo, hi, step=1, key=K + "points")
+    lo = min(100, hi) if hi > 100 else MIN_MAP_POINTS
+    if lo < hi:
+        st.session_state[K + "points"] = min(max(int(st.session_state.get(K + "points", 2000)), lo), hi)
+        points = c[1].slider("Points (seeded sample of the test set)", lo, hi, step=1, key=K + "points")
+    else:
+        points = hi
+        c[1].caption(f"Points: all {hi} test images")
     seed = c[2].number_input("Seed", 0, 1_000_000, 0, key=K + "map_seed")
     s = st.columns(2)
-    settings = {}
+    chosen = {}
     if method == "tsne":
-        settings["perplexity"] = s[0].slider("Perplexity", 5.0, 100.0, 30.0, step=5.0, key=K + "perplexity")
-        settings["n_iter"] = s[1].select_slider("Most iterations after early exaggeration",
-                                                [250, 500, 1000, 2000], 500, key=K + "n_iter")
+        top = min(100.0, 5.0 * math.floor((int(points) - 1) / 3 / 5))  # t-SNE needs more than 3 x perplexity points
+        _clamped(K + "perplexity", 30.0, top)
+        chosen["perplexity"] = s[0].slider("Perplexity", 5.0, top, step=5.0, key=K + "perplexity")
+        chosen["n_iter"] = s[1].select_slider("Most iterations after early exaggeration",
+                                              [250, 500, 1000, 2000], 500, key=K + "n_iter")
     elif method == "umap":
-        settings["n_neighbors"] = s[0].slider("Neighbours", 2, 100, 15, key=K + "neighbors")
-        settings["min_dist"] = s[1].slider("Minimum distance", 0.0, 0.99, 0.1, step=0.01, key=K + "min_dist")
-    settings["space"] = _space_ui(train, test)
+        top = min(100, int(points) - 1)  # UMAP needs fewer neighbours than points
+        _clamped(K + "neighbors", 15, top)
+        chosen["n_neighbors"] = s[0].slider("Neighbours", 2, top, key=K + "neighbors")
+        chosen["min_dist"] = s[1].slider("Minimum distance", 0.0, 0.99, 0.1, step=0.01, key=K + "min_dist")
+    chosen["space"] = _space_ui(train, test)
     return config_or_stop(lambda: E.MapConfig(dataset=test.name, split="test", method=method,
-                                              n_points=int(points), seed=int(seed), **settings))
+                                              n_points=int(points), seed=int(seed), **chosen))
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -189,7 +269,7 @@ def _space_ui(train: D.ArrayDataset, test: D.ArrayDataset) -> str:
             # A model trained since the menu was listed.
             labels[wanted] = R.resolve(wanted, test.name, test.input_shape, cache=app_cache()).label
         except R.ModelSpaceError as exc:
-            st.warning(f"{exc}. Showing raw pixels instead.")
+            st.warning(plain(f"{exc}. Showing raw pixels instead."))
             st.session_state[K + "space"] = "pixels"
     space = st.selectbox("Embedding space", list(labels), format_func=labels.get, key=K + "space",
                          help="Raw pixels, or the representations (penultimate layer) of a model trained on this "
@@ -286,18 +366,19 @@ def _draw_map(result: E.MapResult, test: D.ArrayDataset) -> None:
              else f"{len(thumbs):,} of {len(df):,} points (the page's payload limit)")
     st.caption(" · ".join(figures) + f". Hover a point for its image: {shown}.")
     space = f" --space {c.space}" if c.space != "pixels" else ""
-    show_provenance(result.entry, recompute=f"python -m explorer map --dataset {c.dataset} --method {c.method} "
-                                            f"--points {c.n_points}{space}")
-    st.download_button("Download coordinates (CSV)", E.coords_csv(result),
-                       file_name=f"{result.config.dataset}-{result.config.method}-map.csv", mime="text/csv",
-                       key=K + "csv")
+    recompute = (f"python -m explorer map --dataset {c.dataset} --method {c.method} --points {c.n_points}{space}"
+                 if c.dataset in D.NAMES else None)  # a visitor's upload or folder has no command line to show
+    show_provenance(result.entry, recompute=recompute)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", c.dataset)[:40]
+    st.download_button("Download coordinates (CSV)", E.coords_csv(result), file_name=f"{stem}-{c.method}-map.csv",
+                       mime="text/csv", key=K + "csv")
     region = (event.selection.get("region") if event and event.selection else None) or {}
     if "x" in region and "y" in region:
         (x0, x1), (y0, y1) = sorted(region["x"]), sorted(region["y"])
         inside = df[(df.x >= x0) & (df.x <= x1) & (df.y >= y0) & (df.y <= y1)]
         counts = inside["class"].value_counts()
         st.markdown(f"**{len(inside):,} points selected:** "
-                    + ", ".join(f"{cls} {n}" for cls, n in counts.items()))
+                    + ", ".join(f"{plain(cls)} {n}" for cls, n in counts.items()))
         if len(inside):
             idx = inside["index"].to_numpy()[:MAX_SELECTED]
             scale = max(1, 40 // max(test.input_shape[-1], 1)) if test.is_image else 2
@@ -332,6 +413,8 @@ def _maps(train: D.ArrayDataset, test: D.ArrayDataset) -> None:
     st.markdown("**What to look for:** no label is used to place the points, yet most classes gather into their "
                 "own islands; classes that look alike sit side by side or overlap. Hover a point to see its image.")
     cfg = _map_controls(train, test)
+    if cfg is None:
+        return
     cache = app_cache()
     result = E.cached_map(cfg, cache)
     first_map = not st.session_state.get(K + "map_seen")  # the map a visitor lands on computes by itself
@@ -358,17 +441,8 @@ st.caption("How many images each class has, what they look like, and how the cla
 _init_from_url()
 if K + "link_error" in st.session_state:
     st.error(plain(st.session_state.pop(K + "link_error")))
-choice = st.selectbox("Data set", [*D.NAMES, FOLDER], key=K + "dataset",
-                      format_func=lambda n: "Your image folder" if n == FOLDER else D.title(n))
-name = choice
-if choice == FOLDER:
-    path = st.text_input("Folder (<root>/<train|test>/<class>/<images>, or <root>/<class>/<images>)",
-                         key=K + "folder")
-    if not path.strip():
-        st.info("Type the path of an image folder on the machine running the app.")
-        st.stop()
-    name = f"{D.FOLDER_PREFIX}{path.strip()}"
-train_set, test_set = _load(name)
+choice = st.selectbox("Data set", _menu(), key=K + "dataset", format_func=lambda n: OWN_LABELS.get(n) or D.title(n))
+train_set, test_set = _load(_own_data(choice))
 _balance(train_set, test_set)
 _gallery(train_set)
 _maps(train_set, test_set)

@@ -4,6 +4,12 @@ Every loader returns an `ArrayDataset` (the whole split as tensors, ready to liv
 The first load decodes the source files; the result goes into the disk cache (explorer.core.cache,
 safetensors) keyed by the data set, the split and a signature of the source files (path, size,
 mtime), so the second load is a file read and a changed folder is decoded again.
+
+What a visitor may open: the registered sets, an uploaded zip (explorer.data.uploads registers it here as
+upload:<sha256>, kept in this process's memory, never written to disk, not even to the cache) and, only where the
+operator lists data roots (settings.data_roots), a server folder inside one of them (`visitor_folder`). A
+folder:<path> name itself is the operator's (the command line): any path. Messages name files relative to the data
+root that holds them, so a visitor sees only what they typed and what lies inside it, never other server paths.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import dataclasses
 import functools
 import hashlib
 import io
+import logging
 import os
+import re
 import shutil
 import threading
 import zipfile
@@ -25,25 +33,44 @@ from typing import Any
 import numpy as np
 import torch
 
+from explorer.core import settings
 from explorer.core.cache import Cache, ComputeResult, default_cache, key_for
 from explorer.core.config import ConfigError, check_choice
 from explorer.core.provenance import REPO_DIR
 
-DECODE_VERSION = 1  # bump when decoding changes; cached tensors of older versions then miss
+log = logging.getLogger(__name__)
+
+DECODE_VERSION = 2  # bump when decoding changes; cached tensors of older versions then miss
 CACHE_KIND = "dataset"
 SPLITS = ("train", "test")
 FOLDER_PREFIX = "folder:"
+UPLOAD_PREFIX = "upload:"  # upload:<sha256 of the zip>, registered by explorer.data.uploads
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+PIL_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "WEBP", "TIFF")  # decoders tried: those of the suffixes only
 MAX_FOLDER_IMAGES = 100_000  # per split; an enormous folder is refused before anything is decoded
+MAX_FOLDER_ENTRIES = 200_000  # files and folders looked at in one folder before it is refused as too big to scan
 MAX_FOLDER_BYTES = 2_000_000_000  # decoded uint8 size of one split
-MAX_IMAGE_SIDE = 512  # pixels; larger images must be resized before use
+MAX_IMAGE_SIDE = 512  # pixels; larger images must be resized before use (checked from the header, before decoding)
+MAX_IMAGE_FILE_BYTES = 16 * 2**20  # one image file; a 512x512 image, even 16-bit RGBA uncompressed, is far smaller
+BOMB_PIXELS = 64 * MAX_IMAGE_SIDE**2  # Pillow's decompression-bomb limit in this process (it refuses twice this)
 FOLDER_TEST_FRACTION = 0.2  # held out as "test" when a folder has no train/ and test/ subfolders
+MIN_CLASS_IMAGES = 2  # per class when a folder is split by us: one to train on and one to test
 MEMO_SIZE = 6  # data sets kept in memory by this process, so a page rerun costs nothing
+MAX_UPLOADS_KEPT = 16  # uploaded archives kept in memory (each at most settings.max_upload_mb); older ones forgotten
 DECODE_THREADS = 2  # Pillow releases the GIL while decoding
+MAX_SHOWN_NAME = 200  # characters of a file or folder name quoted in a message
 
 
 class DatasetUnavailable(Exception):
-    """A data set that cannot be loaded here; the message says exactly how to provide it."""
+    """A data set that cannot be loaded here; the message says exactly how to provide it.
+
+    The message is safe to show a visitor (no server paths outside what they gave); `detail` holds what only the
+    server's log should see (the data folder's path, a download's error).
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -133,8 +160,12 @@ def _files_signature(paths: Sequence[Path]) -> dict[str, Any]:
     """Path, size and mtime of each file: a changed file changes the cache key."""
     rows = []
     for p in paths:
-        st = p.stat()
-        rows.append(f"{p.resolve().as_posix()}|{st.st_size}|{st.st_mtime_ns}")
+        try:
+            st = p.stat()
+            rows.append(f"{p.resolve().as_posix()}|{st.st_size}|{st.st_mtime_ns}")
+        except (OSError, RuntimeError) as err:  # vanished since it was listed, a link loop
+            raise DatasetUnavailable(f"{shorten(p.name)} cannot be read; it changed while being listed.",
+                                     detail=f"{p}: {err}") from err
     return {"files": len(rows), "digest": hashlib.sha256("\n".join(rows).encode()).hexdigest()}
 
 
@@ -192,12 +223,16 @@ def _mnist1d(split: str, root: Path) -> Found:
 
 
 def _not_found(title: str, root: Path, how: str, err: Exception | None = None) -> DatasetUnavailable:
-    """The message for a missing set: which folder, which files, and that it downloads when online."""
+    """The message for a missing set: which files go where in the data folder, and that it downloads when online.
+
+    The data folder's path and the download's error go to `detail` (the log), not to the visitor's message.
+    """
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] if err else []
-    tried = f" (download failed: {lines[-1][:160]})" if lines else ""
+    tried = " (the download failed)" if lines else ""
     return DatasetUnavailable(
-        f"{title} is not in the data folder {root}{tried}. {how} With internet access it downloads "
-        "there on first use. Set EXPLORER_DATA_DIR to use another folder."
+        f"{title} is not in the server's data folder{tried}. {how} With internet access it downloads "
+        "there on first use. Set EXPLORER_DATA_DIR to use another folder.",
+        detail=f"data folder {root}" + (f"; download error: {lines[-1][:300]}" if lines else ""),
     )
 
 
@@ -214,7 +249,7 @@ def _torchvision_idx(cls_name: str, title: str) -> Callable[[str, Path], Found]:
         if not all(f.is_file() for f in files):
             how = (f"Put the four uncompressed IDX files (train-images-idx3-ubyte, "
                    f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte) in "
-                   f"{raw}/.")
+                   f"{cls_name}/raw/ there.")
             if not _downloads_allowed():
                 raise _not_found(title, root, how)
             try:
@@ -258,16 +293,18 @@ def _cifar10(split: str, root: Path) -> Found:
             try:
                 ds = torchvision.datasets.CIFAR10(str(root), train=train, download=False)
             except RuntimeError as err:
-                raise DatasetUnavailable(f"CIFAR-10 in {pickles} is incomplete or corrupted "
-                                         f"({err}). Replace the folder. {CIFAR_HOW}") from err
+                raise DatasetUnavailable("CIFAR-10's cifar-10-batches-py/ in the data folder is incomplete or "
+                                         f"corrupted. Replace the folder. {CIFAR_HOW}",
+                                         detail=f"{pickles}: {err}") from err
             x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
             return x, torch.as_tensor(ds.targets, dtype=torch.int64), tuple(ds.classes)
 
         files = sorted(p for p in pickles.iterdir() if p.is_file())
         return Found({"source": "torchvision.CIFAR10", **_files_signature(files)}, decode)
     if jpeg_dir.is_dir():
-        return Found({"source": "cifar10-jpeg folder", **_files_signature(_folder_files(jpeg_dir))},
-                     lambda: _read_folder_split(jpeg_dir))
+        items, paths, classes = _label_items(jpeg_dir, f"cifar10-jpeg/{split}")
+        return Found({"source": "cifar10-jpeg folder", **_files_signature(list(paths.values()))},
+                     lambda: decode_images(items, _file_reader(paths), classes))
     return Found({"source": "cifar10-jpeg.zip", "split": split, **_files_signature([jpeg_zip])},
                  lambda: _read_zip_split(jpeg_zip, f"cifar10-jpeg/{split}/"))
 
@@ -275,146 +312,385 @@ def _cifar10(split: str, root: Path) -> Found:
 # ---------------------------------------------------------------- image folders
 
 
-def _folder_files(split_dir: Path) -> list[Path]:
-    """Every non-hidden file inside the class folders of one split, sorted."""
-    return sorted(p for c in split_dir.iterdir() if c.is_dir() and not c.name.startswith(".")
-                  for p in c.rglob("*") if p.is_file() and not p.name.startswith("."))
+def shorten(name: str) -> str:
+    """A file or folder name for a message, cut to MAX_SHOWN_NAME characters."""
+    return name if len(name) <= MAX_SHOWN_NAME else name[:MAX_SHOWN_NAME] + "..."
 
 
-def _label_items(split_dir: Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
-    """(file, label) for one split folder <split_dir>/<class>/*, checked before any decoding."""
-    classes = tuple(sorted(c.name for c in split_dir.iterdir()
-                           if c.is_dir() and not c.name.startswith(".")))
-    if len(classes) < 2:
-        found = f"only {classes[0]!r}" if classes else "none"
-        raise DatasetUnavailable(
-            f"{split_dir} needs at least 2 class folders (<class>/<image files>); found {found}."
-        )
-    items = []
-    for label, cls in enumerate(classes):
-        for p in sorted((split_dir / cls).rglob("*")):
-            if not p.is_file() or p.name.startswith("."):
+def _inside(path: Path, root: Path) -> bool:
+    """True when a resolved path is `root` or lies below it."""
+    return path == root or path.is_relative_to(root)
+
+
+def _root_of(real: Path) -> Path | None:
+    """The data root (settings.data_roots, resolved) holding a resolved path, None if none does."""
+    return next((r for r in settings.current().data_root_paths() if _inside(real, r)), None)
+
+
+def _shown(path: Path) -> str:
+    """How messages name a folder: relative to the data root holding it (all a visitor may know), else as given
+    (the operator's own path)."""
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError):  # a name too long, a symlink loop
+        return shorten(str(path))
+    root = _root_of(real)
+    if root is None:
+        return shorten(str(path))
+    rel = real.relative_to(root).as_posix()
+    return shorten("(data folder)" if rel == "." else rel)
+
+
+def _unreadable(shown: str, err: OSError) -> DatasetUnavailable:
+    """The message for a folder or file the server may not read (permission, vanished, I/O error)."""
+    return DatasetUnavailable(f"{shown} cannot be read ({err.strerror or type(err).__name__}).",
+                              detail=f"{err.filename}: {err}")
+
+
+def _link_ok(path: Path, confine: Path | None) -> bool:
+    """A symlink may be followed when its target lies inside `confine` (the data root), or when there is no root
+    to keep to (the operator's own folder)."""
+    if confine is None:
+        return True
+    try:
+        return _inside(path.resolve(), confine)
+    except (OSError, RuntimeError):
+        return False
+
+
+def _scandir(folder: Path, shown: str, seen: list[int]) -> list[os.DirEntry]:
+    """The non-hidden entries of one folder, sorted; counts them in seen[0] and refuses past MAX_FOLDER_ENTRIES."""
+    entries = []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                seen[0] += 1
+                if seen[0] > MAX_FOLDER_ENTRIES:
+                    raise DatasetUnavailable(f"{shown} holds more than {MAX_FOLDER_ENTRIES:,} files and folders, "
+                                             "more than an image folder may; use a smaller folder.")
+                if not e.name.startswith("."):
+                    entries.append(e)
+    except OSError as err:
+        raise _unreadable(shown, err) from err
+    return sorted(entries, key=lambda e: e.name)
+
+
+def _class_files(top: Path, shown: str, confine: Path | None, seen: list[int]) -> list[tuple[Path, str]]:
+    """Every non-hidden regular file below one class folder as (path, name for messages), sorted by path; the first
+    file that is not an image is refused as soon as it is seen (a system folder is refused at once).
+
+    Subfolders that are symlinks are not entered; a symlinked file is followed only to inside `confine`;
+    devices, sockets and pipes are skipped (reading one could block or never end).
+    """
+    files: list[tuple[Path, str]] = []
+    stack = [(top, shown)]
+    while stack:
+        folder, name = stack.pop()
+        for e in _scandir(folder, name, seen):
+            child = f"{name}/{e.name}"
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((Path(e.path), child))
+                elif e.is_symlink():
+                    if not _link_ok(Path(e.path), confine):
+                        raise DatasetUnavailable(f"{shorten(child)} links to a file outside the data folder; "
+                                                 "replace the link by the file.")
+                    if not Path(e.path).is_file():
+                        continue
+                elif not e.is_file(follow_symlinks=False):
+                    continue
+            except OSError as err:
+                raise _unreadable(shorten(child), err) from err
+            if Path(e.name).suffix.lower() not in IMAGE_SUFFIXES:
+                raise DatasetUnavailable(f"{shorten(child)} is not an image file (allowed: "
+                                         f"{' '.join(IMAGE_SUFFIXES)}); remove it from the class folder.")
+            files.append((Path(e.path), child))
+    return sorted(files, key=lambda f: f[1].split("/"))
+
+
+def _class_names(split_dir: Path, shown: str, confine: Path | None, seen: list[int]) -> list[tuple[str, Path]]:
+    """The class folders of one split folder, (name, path) sorted by name; symlinked ones only to inside `confine`."""
+    out = []
+    for e in _scandir(split_dir, shown, seen):
+        try:
+            if not e.is_dir():
                 continue
-            if p.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DatasetUnavailable(
-                    f"{p} is not an image file (allowed: {' '.join(IMAGE_SUFFIXES)}); "
-                    "remove it from the class folder."
-                )
-            items.append((str(p), label))
+            if e.is_symlink() and not _link_ok(Path(e.path), confine):
+                raise DatasetUnavailable(f"{shorten(f'{shown}/{e.name}')} links to a folder outside the data folder; "
+                                         "replace the link by the folder.")
+            out.append((e.name, Path(e.path)))
+        except OSError as err:
+            raise _unreadable(shorten(f"{shown}/{e.name}"), err) from err
+    return out
+
+
+def _label_items(split_dir: Path, shown: str | None = None, confine: Path | None = None
+                 ) -> tuple[list[tuple[str, int]], dict[str, Path], tuple[str, ...]]:
+    """(name, label) for one split folder <split_dir>/<class>/*, each name's file, and the classes: checked (names,
+    counts, sizes on disk) before any decoding. Names are as messages show them: `shown` (the folder) + the rest."""
+    shown = shown if shown is not None else _shown(split_dir)
+    seen = [0]
+    found = _class_names(split_dir, shown, confine, seen)
+    classes = tuple(name for name, _ in found)
+    if len(classes) < 2:
+        only = f"only {shorten(classes[0])!r}" if classes else "none"
+        raise DatasetUnavailable(f"{shown} needs at least 2 class folders (<class>/<image files>); found {only}.")
+    items, paths = [], {}
+    for label, (cls, folder) in enumerate(found):
+        for path, name in _class_files(folder, f"{shown}/{cls}", confine, seen):
+            items.append((name, label))
+            paths[name] = path
             if len(items) > MAX_FOLDER_IMAGES:
-                raise DatasetUnavailable(
-                    f"{split_dir} holds more than {MAX_FOLDER_IMAGES:,} images, the limit per split; "
-                    "use a smaller folder or a subset of it."
-                )
+                raise DatasetUnavailable(f"{shown} holds more than {MAX_FOLDER_IMAGES:,} images, the limit per split; "
+                                         "use a smaller folder or a subset of it.")
     empty = [c for i, c in enumerate(classes) if not any(lab == i for _, lab in items)]
     if empty:
-        raise DatasetUnavailable(f"class folder(s) {', '.join(empty)} in {split_dir} hold no images.")
-    return items, classes
+        raise DatasetUnavailable(f"class folder(s) {shorten(', '.join(empty))} in {shown} hold no images.")
+    return items, paths, classes
 
 
-def _decode_all(
-    items: Sequence[tuple[str, int]], read: Callable[[str], bytes], classes: tuple[str, ...]
-) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """Decode images of one size into uint8 (N, C, H, W); a bad file raises naming it."""
+def _file_reader(paths: dict[str, Path]) -> Callable[[str], bytes]:
+    """Reads the file behind a name of _label_items; a file too big to be an allowed image is refused unread."""
+
+    def read(name: str) -> bytes:
+        try:
+            size = paths[name].stat().st_size
+            if size > MAX_IMAGE_FILE_BYTES:
+                raise DatasetUnavailable(f"{shorten(name)} is {size / 2**20:.0f} MB, too big for an image of at most "
+                                         f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels; resize it first.")
+            return paths[name].read_bytes()
+        except OSError as err:
+            raise _unreadable(shorten(name), err) from err
+
+    return read
+
+
+@functools.lru_cache(maxsize=1)
+def _pil_formats() -> tuple[str, ...]:
+    """The PIL_FORMATS this Pillow has decoders for (all plugins loaded once)."""
     from PIL import Image
 
-    def pixels(name: str, mode: str | None) -> np.ndarray:
-        try:
-            with Image.open(io.BytesIO(read(name))) as img:
-                if mode is None:
-                    mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-                return np.asarray(img.convert(mode))
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise DatasetUnavailable(f"{name} cannot be read as an image ({err}); "
-                                     "remove or replace it.") from err
+    Image.init()
+    return tuple(f for f in PIL_FORMATS if f in Image.OPEN)
 
-    first = pixels(items[0][0], None)
+
+def _pil() -> Any:
+    """PIL.Image, with its decompression-bomb limit lowered to BOMB_PIXELS (nothing here opens bigger images)."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > BOMB_PIXELS:
+        Image.MAX_IMAGE_PIXELS = BOMB_PIXELS
+    return Image
+
+
+def _gray(mode: str) -> bool:
+    """True for Pillow modes read as one channel (black and white, grey, 16- and 32-bit grey)."""
+    return mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16")
+
+
+def _as_uint8(img: Any, mode: str) -> np.ndarray:
+    """An opened image's pixels as uint8 (H, W) for mode "L" or (H, W, 3) for "RGB"; 16- and 32-bit grey keep their
+    top 8 of 16 bits (Pillow's own conversion would clip them to white), float grey is clipped to 0..255."""
+    if img.mode == "F" or img.mode == "I" or img.mode.startswith("I;16"):
+        arr = np.asarray(img)
+        grey = (np.clip(arr, 0, 255) if img.mode == "F" else np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(img.convert(mode))
+
+
+def _pixels(name: str, data: bytes, mode: str | None, size: tuple[int, int] | None, first: str) -> np.ndarray:
+    """One image decoded to uint8 after its size, read from the header, is checked (Image.open reads only the
+    header; the pixels are decoded by the conversion); a damaged or foreign file raises naming it."""
+    Image = _pil()
+    try:
+        with Image.open(io.BytesIO(data), formats=_pil_formats()) as img:
+            w, h = img.size
+            if max(w, h) > MAX_IMAGE_SIDE:
+                raise DatasetUnavailable(f"{shorten(name)} is {w}x{h} pixels; images larger than {MAX_IMAGE_SIDE} "
+                                         "pixels on a side must be resized first.")
+            if size is not None and (w, h) != size:
+                raise DatasetUnavailable(
+                    f"{shorten(name)} is {w}x{h} pixels but {shorten(first)} is {size[0]}x{size[1]}; "
+                    "every image of a data set must have the same size: resize them first.")
+            return _as_uint8(img, mode or ("L" if _gray(img.mode) else "RGB"))
+    except DatasetUnavailable:
+        raise
+    except Image.DecompressionBombError as err:
+        raise DatasetUnavailable(f"{shorten(name)} declares more than {2 * BOMB_PIXELS:,} pixels; images larger than "
+                                 f"{MAX_IMAGE_SIDE} pixels on a side must be resized first.") from err
+    except Image.UnidentifiedImageError as err:
+        raise DatasetUnavailable(f"{shorten(name)} cannot be read as an image (it is damaged, or not a PNG, JPEG, "
+                                 "BMP, GIF, WebP or TIFF file); remove or replace it.") from err
+    except Exception as err:  # Pillow raises many kinds for damaged files: OSError, SyntaxError, struct.error, ...
+        why = " ".join(str(err).split())[:120] or type(err).__name__
+        raise DatasetUnavailable(f"{shorten(name)} cannot be read as an image ({why}); remove or replace it.") from err
+
+
+Reference = tuple[str, Callable[[str], bytes]]  # (name, read) of the image that fixes a set's size and channels
+
+
+def decode_images(
+    items: Sequence[tuple[str, int]], read: Callable[[str], bytes], classes: tuple[str, ...],
+    max_bytes: int = MAX_FOLDER_BYTES, reference: Reference | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Decode images of one size into uint8 (N, C, H, W); a bad file raises naming it, and the first failure stops
+    the rest. The reference image (default: the split's first) fixes size and channels: give the same one to both
+    splits of a set, so that train and test agree (one grey first image must not make one split grey and the
+    other colour). The whole split's size is checked before it is allocated."""
+    first_name, first_read = reference or (items[0][0], read)
+    first = _pixels(first_name, first_read(first_name), None, None, first_name)
     h, w = first.shape[:2]
     c = 1 if first.ndim == 2 else first.shape[2]
-    if max(h, w) > MAX_IMAGE_SIDE:
-        raise DatasetUnavailable(f"{items[0][0]} is {w}x{h} pixels; images larger than "
-                                 f"{MAX_IMAGE_SIDE} pixels on a side must be resized first.")
-    if len(items) * c * h * w > MAX_FOLDER_BYTES:
+    if len(items) * c * h * w > max_bytes:
         raise DatasetUnavailable(
-            f"{len(items):,} images of {w}x{h}x{c} would take {len(items) * c * h * w / 1e9:.1f} GB; "
-            f"the limit is {MAX_FOLDER_BYTES / 1e9:.0f} GB per split. Use fewer or smaller images."
+            f"{len(items):,} images of {w}x{h}x{c} would take {len(items) * c * h * w / 1e6:,.0f} MB; "
+            f"the limit is {max_bytes / 1e6:,.0f} MB per split. Use fewer or smaller images."
         )
     mode = "L" if c == 1 else "RGB"
     out = np.empty((len(items), h, w, c), dtype=np.uint8)  # (N, H, W, C) while filling
+    start = 0
+    if first_name == items[0][0]:
+        out[0], start = first.reshape(h, w, c), 1
+    failed = threading.Event()
 
     def fill(i: int) -> None:
-        arr = pixels(items[i][0], mode)
-        if arr.shape[:2] != (h, w):
-            raise DatasetUnavailable(
-                f"{items[i][0]} is {arr.shape[1]}x{arr.shape[0]} pixels but {items[0][0]} is {w}x{h}; "
-                "every image of a data set must have the same size: resize them first."
-            )
-        out[i] = arr.reshape(h, w, c)
+        if failed.is_set():
+            return
+        try:
+            name = items[i][0]
+            out[i] = _pixels(name, read(name), mode, (w, h), first_name).reshape(h, w, c)
+        except BaseException:
+            failed.set()
+            raise
 
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        list(pool.map(fill, range(len(items))))
+        list(pool.map(fill, range(start, len(items))))
     x = torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))  # (N, C, H, W)
     y = torch.tensor([lab for _, lab in items], dtype=torch.int64)
     return x, y, classes
 
 
-def _read_folder_split(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """An ImageFolder split <split_dir>/<class>/*.png|jpg as uint8 tensors."""
-    items, classes = _label_items(split_dir)
-    return _decode_all(items, lambda name: Path(name).read_bytes(), classes)
-
-
 def _read_zip_split(zip_path: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """An ImageFolder split stored in a zip under `prefix` (<prefix><class>/<file>)."""
-    with zipfile.ZipFile(zip_path) as zf:
-        members = sorted(n for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/"))
-        if not members:
-            raise DatasetUnavailable(f"{zip_path} holds no files under {prefix}. {CIFAR_HOW}")
-        classes = tuple(sorted({n[len(prefix):].split("/")[0] for n in members}))
-        data = {n: zf.read(n) for n in members}  # read sequentially, decode in threads
+    """An ImageFolder split stored in the operator's zip under `prefix` (<prefix><class>/<file>)."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            members = sorted(n for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/"))
+            if not members:
+                raise DatasetUnavailable(f"{zip_path.name} holds no files under {prefix}. {CIFAR_HOW}")
+            classes = tuple(sorted({n[len(prefix):].split("/")[0] for n in members}))
+            data = {n: zf.read(n) for n in members}  # read sequentially, decode in threads
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        raise DatasetUnavailable(f"{zip_path.name} in the data folder cannot be read as a zip; replace it. "
+                                 f"{CIFAR_HOW}", detail=f"{zip_path}: {err}") from err
     labels = {c: i for i, c in enumerate(classes)}
     items = [(n, labels[n[len(prefix):].split("/")[0]]) for n in members]
-    return _decode_all(items, data.__getitem__, classes)
+    return decode_images(items, data.__getitem__, classes)
 
 
-def _folder(path: str) -> Callable[[str, Path], Found]:
-    """A user's ImageFolder: <root>/{train,test}/<class>/*, or <root>/<class>/* split 80/20."""
-
-    def resolve(split: str, root: Path) -> Found:
-        base = Path(path).expanduser()
-        if not base.is_dir():
-            raise DatasetUnavailable(f"image folder {base} does not exist or is not a folder; "
-                                     "give a folder laid out as <root>/<split>/<class>/<images>.")
-        split_dir = base / split
-        if split_dir.is_dir():
-            return Found({"source": "image folder", "path": str(base.resolve()), "split": split,
-                          **_files_signature(_folder_files(split_dir))},
-                         lambda: _read_folder_split(split_dir))
-        if any((base / s).is_dir() for s in SPLITS):
-            raise DatasetUnavailable(f"image folder {base} has no {split}/ subfolder; "
-                                     f"add {split_dir}/<class>/<images>.")
-        return Found({"source": "image folder, seeded 80/20 split", "path": str(base.resolve()),
-                      "split": split, **_files_signature(_folder_files(base))},
-                     lambda: _split_folder(base, split))
-
-    return resolve
-
-
-def _split_folder(base: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """A folder without split subfolders: a fixed seeded stratified 80/20 train/test split."""
-    items, classes = _label_items(base)
-    g = torch.Generator().manual_seed(0)
+def seeded_split(items: Sequence[tuple[str, int]], classes: tuple[str, ...], split: str, shown: str
+                 ) -> list[tuple[str, int]]:
+    """A set without train/ and test/ parts: a fixed seeded stratified 80/20 split of its (name, label) items; every
+    class needs MIN_CLASS_IMAGES, and gives at least one image to each split."""
     labels = torch.tensor([lab for _, lab in items])
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    few = [f"{shorten(c)} ({n})" for c, n in zip(classes, counts) if n < MIN_CLASS_IMAGES]
+    if few:
+        raise DatasetUnavailable(
+            f"class folder(s) {', '.join(few[:5])} in {shown} hold fewer than {MIN_CLASS_IMAGES} images; without "
+            f"train/ and test/ folders every class needs at least {MIN_CLASS_IMAGES} (one to train on, one to test).")
+    g = torch.Generator().manual_seed(0)
     keep = []
     for c in range(len(classes)):
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        n_test = int(round(len(idx) * FOLDER_TEST_FRACTION))
+        n_test = max(1, int(round(len(idx) * FOLDER_TEST_FRACTION)))
         keep.append(idx[:n_test] if split == "test" else idx[n_test:])
-    chosen = torch.sort(torch.cat(keep)).values.tolist()
-    if not chosen:
-        raise DatasetUnavailable(f"{base} has too few images per class for a {split} split.")
-    return _decode_all([items[i] for i in chosen], lambda name: Path(name).read_bytes(), classes)
+    return [items[i] for i in torch.sort(torch.cat(keep)).values.tolist()]
+
+
+def _folder(path: str) -> Callable[[str, Path], Found]:
+    """An ImageFolder: <root>/{train,test}/<class>/*, or <root>/<class>/* split 80/20.
+
+    Inside a data root, links are followed only to inside that root and messages name paths relative to it.
+    """
+
+    def resolve(split: str, root: Path) -> Found:
+        base = Path(path).expanduser()
+        shown = _shown(base)
+        try:
+            real = base.resolve()
+            is_dir = real.is_dir()
+        except (OSError, RuntimeError):
+            is_dir = False
+        if not is_dir:
+            raise DatasetUnavailable(f"image folder {shown} does not exist or is not a folder; "
+                                     "give a folder laid out as <root>/<split>/<class>/<images>.")
+        confine = _root_of(real)
+        split_dir = base / split
+        if split_dir.is_dir():
+            items, paths, classes = _label_items(split_dir, f"{shown}/{split}", confine)
+            reference = (items[0][0], _file_reader(paths))
+            signed = list(paths.values())
+            other = [s for s in SPLITS if s != split][0]
+            if (base / other).is_dir():
+                theirs = _class_names(base / other, f"{shown}/{other}", confine, [0])
+                if tuple(n for n, _ in theirs) != classes:
+                    by_split = {split: classes, other: tuple(n for n, _ in theirs)}
+                    raise DatasetUnavailable(
+                        f"{shown}/train has the classes {shorten(', '.join(by_split['train']))} but {shown}/test has "
+                        f"{shorten(', '.join(by_split['test']))}; both need the same class folders.")
+                if split == "test":  # train's first image fixes size and channels of both splits
+                    cls, folder = theirs[0]
+                    files = _class_files(folder, f"{shown}/{other}/{cls}", confine, [0])
+                    if files:
+                        reference = (files[0][1], _file_reader({files[0][1]: files[0][0]}))
+                        signed.append(files[0][0])  # a changed reference image decodes this split again
+            return Found({"source": "image folder", "path": str(real), "split": split, **_files_signature(signed)},
+                         lambda: decode_images(items, _file_reader(paths), classes, reference=reference))
+        if any((base / s).is_dir() for s in SPLITS):
+            raise DatasetUnavailable(f"image folder {shown} has no {split}/ subfolder; "
+                                     f"add {shown}/{split}/<class>/<images>.")
+        items, paths, classes = _label_items(base, shown, confine)
+        chosen = seeded_split(items, classes, split, shown)
+        read = _file_reader(paths)
+        return Found({"source": "image folder, seeded 80/20 split", "path": str(real), "split": split,
+                      **_files_signature(list(paths.values()))},
+                     lambda: decode_images(chosen, read, classes, reference=(items[0][0], read)))
+
+    return resolve
+
+
+def visitor_folder(typed: str) -> str:
+    """The data-set name of a server folder a visitor typed: allowed only inside one of the operator's data roots
+    (settings.data_roots; symlinks followed, so `..` or a link out of a root is refused). A relative path is looked
+    up in each root in turn. Messages quote only what was typed; DatasetUnavailable when refused."""
+    roots = settings.current().data_root_paths()
+    text = typed.strip()
+    if not roots:
+        raise DatasetUnavailable("this server opens no server folders for visitors (no data roots are configured); "
+                                 "upload a zip of your images instead.")
+    if not text or "\x00" in text:
+        raise DatasetUnavailable("type the path of an image folder inside the server's data folders.")
+    given = Path(text)
+    inside_missing = False
+    for candidate in ([given] if given.is_absolute() else [r / given for r in roots]):
+        try:
+            real = candidate.resolve()
+        except (OSError, RuntimeError):  # a name too long, a symlink loop
+            continue
+        if _root_of(real) is None:
+            continue  # outside every root: whether it exists is not said
+        try:
+            if real.is_dir():
+                return FOLDER_PREFIX + str(real)
+        except OSError:
+            pass
+        inside_missing = True
+    if inside_missing:
+        raise DatasetUnavailable(f"folder {shorten(text)!r} does not exist in the server's data folders (or is not a "
+                                 "folder).")
+    raise DatasetUnavailable(f"folder {shorten(text)!r} is outside the server's data folders; only folders inside "
+                             "them may be opened (or upload a zip of your images).")
 
 
 # ---------------------------------------------------------------- registry and public API
@@ -427,29 +703,69 @@ NAMES: dict[str, Source] = {
     "cifar10": Source("CIFAR-10", False, _cifar10),
 }
 FALLBACK = "digits"
+_UPLOAD_NAME = re.compile(UPLOAD_PREFIX + "[0-9a-f]{64}")
+_uploads: OrderedDict[str, Source] = OrderedDict()  # upload:<sha256> -> its source, the latest MAX_UPLOADS_KEPT
+_uploads_lock = threading.Lock()
+
+
+def register_upload(sha256: str, source: Source) -> str:
+    """Keep an uploaded set's source in this process (explorer.data.uploads builds it) and return its name,
+    upload:<sha256>; the oldest is forgotten beyond MAX_UPLOADS_KEPT."""
+    name = UPLOAD_PREFIX + sha256
+    if not _UPLOAD_NAME.fullmatch(name):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    with _uploads_lock:
+        _uploads[name] = source
+        _uploads.move_to_end(name)
+        while len(_uploads) > MAX_UPLOADS_KEPT:
+            _uploads.popitem(last=False)
+    return name
+
+
+def has_upload(name: str) -> bool:
+    """True while an uploaded set is still kept in memory (and keeps it a while longer)."""
+    with _uploads_lock:
+        if name in _uploads:
+            _uploads.move_to_end(name)
+            return True
+    return False
 
 
 def title(name: str) -> str:
     """A menu label for a data set name."""
     if name.startswith(FOLDER_PREFIX):
-        return f"Image folder {name[len(FOLDER_PREFIX):]}"
+        return f"Image folder {_shown(Path(name[len(FOLDER_PREFIX):]))}"
+    if name.startswith(UPLOAD_PREFIX):
+        with _uploads_lock:
+            source = _uploads.get(name)
+        return source.title if source else f"Uploaded images {name[len(UPLOAD_PREFIX):][:12]}"
     return NAMES[name].title if name in NAMES else name
 
 
 def check_name(field: str, name: Any) -> None:
-    """Refuse (ConfigError) a data set name that is neither registered nor folder:<path>."""
+    """Refuse (ConfigError) a data set name that is neither registered nor folder:<path> nor upload:<sha256>."""
     if isinstance(name, str) and name.startswith(FOLDER_PREFIX) and len(name) > len(FOLDER_PREFIX):
         return
-    check_choice(field, name, [*NAMES, f"{FOLDER_PREFIX}<path>"])
+    if isinstance(name, str) and _UPLOAD_NAME.fullmatch(name):
+        return
+    check_choice(field, name, [*NAMES, f"{FOLDER_PREFIX}<path>", f"{UPLOAD_PREFIX}<sha256>"])
 
 
 def _source(name: str) -> Source:
-    """The registered source for a name, or a folder source."""
+    """The registered source for a name, an uploaded set's, or a folder source."""
     if name.startswith(FOLDER_PREFIX) and len(name) > len(FOLDER_PREFIX):
         return Source(title(name), False, _folder(name[len(FOLDER_PREFIX):]))
+    if name.startswith(UPLOAD_PREFIX):
+        with _uploads_lock:
+            source = _uploads.get(name)
+        if source is None:
+            raise DatasetUnavailable(f"the uploaded images {name[len(UPLOAD_PREFIX):][:12]} are no longer in the "
+                                     f"server's memory (it keeps the {MAX_UPLOADS_KEPT} latest uploads); "
+                                     "upload the zip again.")
+        return source
     if name not in NAMES:
         raise DatasetUnavailable(
-            f"unknown data set {name!r}; choose one of {', '.join(NAMES)} or folder:<path>."
+            f"unknown data set {shorten(repr(name))}; choose one of {', '.join(NAMES)} or folder:<path>."
         )
     return NAMES[name]
 
@@ -458,14 +774,40 @@ _memo: OrderedDict[str, ArrayDataset] = OrderedDict()
 _memo_lock = threading.Lock()
 
 
+def _remember(key: str, ds: ArrayDataset) -> ArrayDataset:
+    """Keep a loaded set in the process's memo (the MEMO_SIZE latest)."""
+    with _memo_lock:
+        _memo[key] = ds
+        _memo.move_to_end(key)
+        while len(_memo) > MEMO_SIZE:
+            _memo.popitem(last=False)
+    return ds
+
+
+def _recall(key: str) -> ArrayDataset | None:
+    """A memoised set, or None."""
+    with _memo_lock:
+        if key in _memo:
+            _memo.move_to_end(key)
+            return _memo[key]
+    return None
+
+
 def load(name: str, split: str = "train", *, data_dir: Path | None = None,
          cache: Cache | None = None) -> ArrayDataset:
     """One split of a data set, decoded once and then read from `cache` (default: the process's default_cache());
-    raises DatasetUnavailable."""
+    an uploaded set is decoded in memory and never written to the cache. Raises DatasetUnavailable."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     root = _root(data_dir)
     found = _source(name).resolve(split, root)
+    if name.startswith(UPLOAD_PREFIX):
+        key = f"memory|{name}|{split}|{DECODE_VERSION}"
+        ds = _recall(key)
+        if ds is None:
+            x, y, classes = found.decode()
+            ds = _remember(key, ArrayDataset(name, x, y, classes))
+        return ds
     config = {"name": name, "split": split, "decode_version": DECODE_VERSION, **found.signature}
 
     def compute() -> ComputeResult:
@@ -475,27 +817,23 @@ def load(name: str, split: str = "train", *, data_dir: Path | None = None,
 
     cache = cache or default_cache()
     key = f"{cache.root}|{key_for(CACHE_KIND, config)}"
-    with _memo_lock:
-        if key in _memo:
-            _memo.move_to_end(key)
-            return _memo[key]
+    ds = _recall(key)
+    if ds is not None:
+        return ds
     entry = cache.get_or_compute(CACHE_KIND, config, compute)
     t = entry.tensors()
-    ds = ArrayDataset(name, t["x"], t["y"], tuple(entry.metrics["classes"]))
-    with _memo_lock:
-        _memo[key] = ds
-        while len(_memo) > MEMO_SIZE:
-            _memo.popitem(last=False)
-    return ds
+    return _remember(key, ArrayDataset(name, t["x"], t["y"], tuple(entry.metrics["classes"])))
 
 
 def load_or_fallback(
     name: str, split: str = "train", *, data_dir: Path | None = None, cache: Cache | None = None
 ) -> tuple[ArrayDataset, str | None]:
-    """The data set, or the embedded digits and the message saying how to provide the wanted one."""
+    """The data set, or the embedded digits and the message saying how to provide the wanted one (safe to show a
+    visitor; the server-side detail goes to the log)."""
     try:
         return load(name, split, data_dir=data_dir, cache=cache), None
     except DatasetUnavailable as err:
+        log.info("data set %s (%s) unavailable: %s %s", shorten(name), split, err, err.detail)
         return load(FALLBACK, split, cache=cache), f"{err} Showing the embedded {title(FALLBACK)} instead."
 
 

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
-import io
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from explorer.core import settings
 from explorer.core.config import ConfigError, check_choice, check_range
 
 DOMAIN = 6.0  # points and the boundary grid live in [-6, 6]^2, as in TensorFlow Playground
-MAX_UPLOAD_POINTS = 20_000
-MAX_UPLOAD_CLASSES = 10
+MAX_UPLOAD_POINTS = 20_000  # generated points; an uploaded CSV may hold settings.max_csv_rows
+MAX_UPLOAD_CLASSES = 10  # whole-number labels with at most this many values are classes (the playground's colours)
+MAX_LINE_CHARS = 131_072  # characters in one CSV line (the csv module's own field limit); longer lines are refused
+PARSE_MEMO = 16  # parsed CSVs kept in memory, by content: a page rerun does not parse the same upload again
+UPLOAD_MB = 1 << 20  # bytes in a megabyte, as Streamlit counts server.maxUploadSize
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -26,9 +33,11 @@ class Points:
     x: np.ndarray
     y: np.ndarray
     task: str  # "classification" | "regression"
+    summary: str = ""  # an uploaded CSV: what was understood, one line ("412 points, 2 classes (labels -1 -> 0, ...")
 
     @property
     def num_classes(self) -> int:
+        """Classes of a classification set (labels are 0..K-1), 1 for regression."""
         return int(self.y.max()) + 1 if self.task == "classification" else 1
 
 
@@ -154,7 +163,8 @@ class Data2DConfig:
         check_choice("data set", self.name, [*GENERATORS, UPLOAD])
         check_range("noise (%)", self.noise, 0, 50, integer=True)
         check_range("train ratio (%)", self.train_ratio, 10, 90, integer=True)
-        check_range("number of points", self.n_points, 10, MAX_UPLOAD_POINTS, integer=True)
+        most = settings.current().max_csv_rows if self.name == UPLOAD else MAX_UPLOAD_POINTS
+        check_range("number of points", self.n_points, 10, max(10, most), integer=True)
         check_range("data seed", self.seed, 0, 2**31 - 1, integer=True)
         if not self.input_features:
             raise ConfigError("pick at least one input feature")
@@ -203,9 +213,9 @@ def make_split(cfg: Data2DConfig, device: torch.device, upload: Points | None = 
     order = np.random.default_rng(cfg.seed + 1).permutation(n)
     n_train = max(1, min(n - 1, round(n * cfg.train_ratio / 100)))
     tr, te = order[:n_train], order[n_train:]
-    xr = torch.as_tensor(pts.x, dtype=torch.float32)
+    xr = torch.tensor(pts.x, dtype=torch.float32)  # a copy: an upload's arrays are shared and read-only
     ydtype = torch.int64 if pts.task == "classification" else torch.float32
-    yt = torch.as_tensor(pts.y, dtype=ydtype)
+    yt = torch.tensor(pts.y, dtype=ydtype)
     feats = input_features(xr, cfg.input_features)
     return Split(
         x_train=feats[tr].to(device), y_train=yt[tr].to(device),
@@ -214,50 +224,160 @@ def make_split(cfg: Data2DConfig, device: torch.device, upload: Points | None = 
     )
 
 
-def parse_points_csv(data: bytes) -> tuple[Points, str]:
-    """Parse an uploaded CSV of x1, x2, label (header optional); return points and the content sha256.
-
-    Labels that are all whole numbers 0..9 make a classification set; anything else is regression.
-    Coordinates are rescaled into the playground's domain. Raises ConfigError naming the bad line.
-    """
-    sha = hashlib.sha256(data).hexdigest()
+def _text(data: bytes) -> str:
+    """The CSV's bytes as text: UTF-8 (with or without BOM), or UTF-16 with its BOM (Excel's "Unicode text")."""
     try:
-        text = data.decode("utf-8-sig")
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError("the CSV file is not UTF-8 text") from exc
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-    if rows and not _is_number(rows[0][0]):
-        rows = rows[1:]  # header
-    if len(rows) < 10:
-        raise ConfigError(f"the CSV needs at least 10 points (x1, x2, label), found {len(rows)}")
-    if len(rows) > MAX_UPLOAD_POINTS:
-        raise ConfigError(f"the CSV has {len(rows)} points; at most {MAX_UPLOAD_POINTS} are allowed")
-    xs, labels = [], []
-    for i, row in enumerate(rows, 1):
-        if len(row) != 3:
-            raise ConfigError(f"line {i}: expected 3 columns (x1, x2, label), found {len(row)}")
+        raise ConfigError(f"the CSV file is not UTF-8 text (byte {exc.start + 1:,} cannot be read); save it as "
+                          "'CSV UTF-8'") from None
+
+
+def _cut(text: str, n: int = 60) -> str:
+    """The visitor's text for a message, cut to n characters."""
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _numbered_header(first: list[str], rest: list[list[str]]) -> bool:
+    """True when an all-numeric first line is a header after all: the column numbers 0,1,2 or 1,2,3 that tools write
+    for unnamed columns, with a 'label' that no other line has (a real point there would be a coincidence)."""
+    if len(first) != 3 or first not in (["0", "1", "2"], ["1", "2", "3"]):
+        return False
+    return all(len(r) < 3 or r[2] != first[2] for r in rest)
+
+
+def _parse_csv(data: bytes, max_rows: int) -> Points:
+    """The parse behind parse_points_csv (sizes checked, nothing memoised)."""
+    if not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and data.count(b"\x00") * 3 >= len(data) > 0:
+        raise ConfigError("the CSV file looks like UTF-16 or UTF-32 text without a byte-order mark; save it as "
+                          "'CSV UTF-8'")
+    text = _text(data)
+    if "\x00" in text:
+        raise ConfigError("the CSV file holds binary data (NUL bytes), not text")
+    breaks = text.count("\n") + text.count("\r") - text.count("\r\n")
+    if breaks > 2 * max_rows + 10:  # before splitting: a file of line breaks alone must not become millions of lines
+        raise ConfigError(f"the CSV has {breaks:,} lines; at most {max_rows:,} points are allowed")
+    numbered = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]  # \n, \r\n, \r, mixed and more
+    for i, ln in numbered:
+        if len(ln) > MAX_LINE_CHARS:
+            raise ConfigError(f"line {i} is {len(ln):,} characters long; at most {MAX_LINE_CHARS:,} are allowed "
+                              "(a line holds x1, x2, label)")
+    if len(numbered) > max_rows + 1:  # + a header line
+        raise ConfigError(f"the CSV has {len(numbered):,} lines; at most {max_rows:,} points are allowed")
+    rows_at = []
+    for i, ln in numbered:
+        try:
+            row = [c.strip() for c in next(csv.reader([ln]), [])]  # line by line: a stray quote spans no lines
+        except csv.Error as exc:
+            raise ConfigError(f"line {i} cannot be read as comma-separated values ({exc})") from None
+        if not any(row):  # a line of empty fields is blank
+            continue
+        if len(row) != 3:  # at once: a wide file is refused at its first line, not after parsing all of it
+            hint = " (separate the columns with commas)" if len(row) == 1 and any(c in row[0] for c in ";\t ") else ""
+            raise ConfigError(f"line {i}: expected 3 columns (x1, x2, label), found {len(row)}{hint}")
+        rows_at.append((i, row))
+    notes = []
+    if rows_at:
+        first_line, first = rows_at[0]
+        if not all(_is_number(c) for c in first) or _numbered_header(first, [r for _, r in rows_at[1:]]):
+            rows_at = rows_at[1:]
+            notes.append(f"line {first_line} read as a header ({_cut(','.join(first), 40)})")
+    if len(rows_at) < 10:
+        raise ConfigError(f"the CSV needs at least 10 points (x1, x2, label), found {len(rows_at)}")
+    if len(rows_at) > max_rows:
+        raise ConfigError(f"the CSV has {len(rows_at):,} points; at most {max_rows:,} points are allowed")
+    x = np.empty((len(rows_at), 2), dtype=np.float64)
+    lab = np.empty(len(rows_at), dtype=np.float64)
+    decimals = False  # a label written with a decimal point or an exponent: a regression target
+    for k, (i, row) in enumerate(rows_at):
         try:
             vals = [float(c) for c in row]
         except ValueError:
-            raise ConfigError(f"line {i}: {row!r} is not three numbers") from None
-        if not all(math.isfinite(v) for v in vals):
-            raise ConfigError(f"line {i}: values must be finite")
-        xs.append(vals[:2])
-        labels.append(vals[2])
-    x = np.asarray(xs, dtype=np.float64)
-    lab = np.asarray(labels)
-    span = np.abs(x).max()
-    x = (x / span * (DOMAIN - 1) if span > 0 else x).astype(np.float32)
-    is_class = np.all(lab == np.round(lab)) and lab.min() >= 0 and lab.max() < MAX_UPLOAD_CLASSES
-    if is_class:
-        y = lab.astype(np.int64)
-        if len(np.unique(y)) < 2:
+            raise ConfigError(f"line {i}: {_cut(','.join(row))!r} is not three numbers") from None
+        if not (math.isfinite(vals[0]) and math.isfinite(vals[1])):
+            raise ConfigError(f"line {i}: x1 and x2 must be finite numbers, got {_cut(row[0], 20)}, {_cut(row[1], 20)}")
+        if not math.isfinite(vals[2]):
+            raise ConfigError(f"line {i}: the label {_cut(row[2], 20)} is not a finite number")
+        if abs(vals[2]) > FLOAT32_MAX:
+            raise ConfigError(f"line {i}: the label {_cut(row[2], 20)} is beyond the float32 range "
+                              f"(±{FLOAT32_MAX:.2e}) the network computes in")
+        x[k], lab[k] = vals[:2], vals[2]
+        decimals = decimals or any(ch in row[2] for ch in ".eE")
+    span = float(np.abs(x).max())
+    if span > 0:
+        x = x / span * (DOMAIN - 1)
+        notes.append(f"x1, x2 scaled by {(DOMAIN - 1) / span:.3g} to fit ±{DOMAIN - 1:g}")
+    x = x.astype(np.float32)
+    distinct = np.unique(lab)
+    whole = bool(np.all(lab == np.round(lab)))
+    n = f"{len(lab):,} points"
+    if whole and len(distinct) <= MAX_UPLOAD_CLASSES:
+        if len(distinct) < 2:
             raise ConfigError("a classification CSV needs at least two different labels")
-        return Points(x, y, "classification"), sha
-    return Points(x, lab.astype(np.float32), "regression"), sha
+        y = np.searchsorted(distinct, lab).astype(np.int64)  # the sorted labels become classes 0..K-1
+        if np.array_equal(distinct, np.arange(len(distinct))):
+            labels = f"labels {', '.join(str(int(v)) for v in distinct)}"
+        else:
+            labels = "labels " + ", ".join(f"{v:g} -> {c}" for c, v in enumerate(distinct))
+        pts = Points(x, y, "classification", "; ".join([f"{n}, {len(distinct)} classes ({labels})", *notes]))
+    elif whole and not decimals:
+        raise ConfigError(f"the labels are {len(distinct):,} different whole numbers, more than the "
+                          f"{MAX_UPLOAD_CLASSES} classes the playground can show; for a regression target write "
+                          f"them with a decimal point (3.0), for classes use at most {MAX_UPLOAD_CLASSES} labels")
+    else:
+        what = f"{n}, regression target from {lab.min():.4g} to {lab.max():.4g}"
+        pts = Points(x, lab.astype(np.float32), "regression", "; ".join([what, *notes]))
+    pts.x.setflags(write=False)  # shared by every rerun and session that uploads the same bytes
+    pts.y.setflags(write=False)
+    return pts
+
+
+_parsed: OrderedDict[tuple, Points | str] = OrderedDict()  # (sha256, limits) -> points, or the refusal's message
+_parsed_lock = threading.Lock()
+
+
+def parse_points_csv(data: bytes) -> tuple[Points, str]:
+    """Parse an uploaded CSV of x1, x2, label; return the points and the content's sha256.
+
+    Sizes are checked before anything is parsed (settings.max_upload_mb, settings.max_csv_rows, MAX_LINE_CHARS per
+    line); a parse (or its refusal) is memoised by the bytes' sha256 (the PARSE_MEMO latest), so a page rerun costs a
+    hash. What is understood, said in `Points.summary`:
+    - header: the first line is a header when any of its fields is not a number, or when it is the column numbering
+      0,1,2 / 1,2,3 that tools write for unnamed columns; otherwise it is a point;
+    - labels: whole numbers with at most MAX_UPLOAD_CLASSES different values are classes, mapped in sorted order to
+      0..K-1 (-1/1 -> 0/1); more different whole numbers are refused unless written with a decimal point (then a
+      regression target); any other number is a regression target. A label that is not finite or beyond float32 is
+      refused naming its line;
+    - coordinates are rescaled into the playground's domain.
+    Raises ConfigError naming the line.
+    """
+    s = settings.current()
+    if len(data) > s.max_upload_mb * UPLOAD_MB:
+        raise ConfigError(f"the CSV file is {len(data) / UPLOAD_MB:.1f} MB; at most {s.max_upload_mb:g} MB is accepted")
+    sha = hashlib.sha256(data).hexdigest()
+    key = (sha, s.max_csv_rows)
+    with _parsed_lock:
+        known = _parsed.get(key)
+        if known is not None:
+            _parsed.move_to_end(key)
+    if known is None:
+        try:
+            known = _parse_csv(data, s.max_csv_rows)
+        except ConfigError as exc:
+            known = str(exc)
+        with _parsed_lock:
+            _parsed[key] = known
+            while len(_parsed) > PARSE_MEMO:
+                _parsed.popitem(last=False)
+    if isinstance(known, str):
+        raise ConfigError(known)
+    return known, sha
 
 
 def _is_number(s: str) -> bool:
+    """True when float() reads the text (nan and inf included: they are refused later, naming the line)."""
     try:
         float(s)
         return True

@@ -238,3 +238,118 @@ def test_real_cifar10_from_the_jpeg_zip(monkeypatch: pytest.MonkeyPatch) -> None
     assert ds.x.shape == (10000, 3, 32, 32) and D.class_counts(ds) == [1000] * 10
     assert ds.classes[0] == "airplane" and ds.classes[-1] == "truck"
     assert 0.3 < ds.to_float().mean().item() < 0.7
+
+
+# ---------------------------------------------------------------- server folders are the operator's
+
+
+@pytest.fixture
+def roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One data root, <tmp>/roots, with a good folder pics/ (3 + 3 images) in it."""
+    root = tmp_path / "roots"
+    _write_folder(root / "pics", {"a": 3, "b": 3})
+    monkeypatch.setenv("EXPLORER_DATA_ROOTS", str(root))
+    return root
+
+
+def test_visitors_open_no_server_folder_without_data_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXPLORER_DATA_ROOTS", raising=False)
+    _write_folder(tmp_path / "pics", {"a": 3, "b": 3})
+    with pytest.raises(D.DatasetUnavailable, match="opens no server folders.*upload"):
+        D.visitor_folder(str(tmp_path / "pics"))
+
+
+def test_visitor_folders_stay_inside_the_data_roots(roots: Path, tmp_path: Path) -> None:
+    name = D.visitor_folder("pics")  # relative to the root
+    assert name == D.visitor_folder(str(roots / "pics")) == f"{D.FOLDER_PREFIX}{(roots / 'pics').resolve()}"
+    assert D.class_counts(D.load(name, "train")) == [2, 2] and D.title(name) == "Image folder pics"
+    _write_folder(tmp_path / "outside", {"a": 3, "b": 3})
+    (roots / "link").symlink_to(tmp_path / "outside")
+    for typed in ("/", "/proc/self", "/etc", "..", "pics/../..", "link", str(tmp_path / "outside"), "../outside"):
+        with pytest.raises(D.DatasetUnavailable, match="is outside the server's data folders") as err:
+            D.visitor_folder(typed)
+        assert str(tmp_path) not in str(err.value).replace(typed, "")  # names only what was typed
+    with pytest.raises(D.DatasetUnavailable, match="'nothing/here' does not exist"):
+        D.visitor_folder("nothing/here")
+
+
+def test_messages_name_files_relative_to_the_data_root(roots: Path) -> None:
+    (roots / "pics" / "a" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(D.DatasetUnavailable) as err:
+        D.load(D.visitor_folder("pics"), "train")
+        D.load(D.visitor_folder("pics"), "test")
+    assert "pics/a/bad.png cannot be read as an image" in str(err.value) and str(roots) not in str(err.value)
+
+
+def test_links_inside_a_root_may_not_lead_out_of_it(roots: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (6, 6)).save(secret)
+    (roots / "pics" / "a" / "zz.png").symlink_to(secret)
+    with pytest.raises(D.DatasetUnavailable, match="pics/a/zz.png links to a file outside the data folder"):
+        D.load(D.visitor_folder("pics"), "train")
+
+
+@pytest.mark.parametrize("typed", ["/", "/proc/self"])
+def test_system_folders_are_refused_quickly_with_a_message(typed: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's own path, and a root of / (everything inside it): a message at once, never a traceback."""
+    import time
+
+    for name in (f"{D.FOLDER_PREFIX}{typed}", None):
+        if name is None:
+            monkeypatch.setenv("EXPLORER_DATA_ROOTS", "/")
+            name = D.visitor_folder(typed)
+        t0 = time.perf_counter()
+        with pytest.raises(D.DatasetUnavailable, match="is not an image file|cannot be read|class folders|more than"):
+            D.load(name, "train")
+        assert time.perf_counter() - t0 < 20
+
+
+def test_few_images_per_class_and_mismatched_splits(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "pics", {"a": 1, "b": 5})
+    with pytest.raises(D.DatasetUnavailable, match=r"a \(1\) in .* hold fewer than 2 images"):
+        D.load(f"folder:{tmp_path / 'pics'}", "train")
+    _write_folder(tmp_path / "two", {"a": 2, "b": 2})  # two images: one for each split
+    assert len(D.load(f"folder:{tmp_path / 'two'}", "test")) == 2
+    _write_folder(tmp_path / "split" / "train", {"a": 2, "b": 2})
+    _write_folder(tmp_path / "split" / "test", {"a": 1, "c": 1})
+    with pytest.raises(D.DatasetUnavailable, match="has the classes a, b but .*test has a, c"):
+        D.load(f"folder:{tmp_path / 'split'}", "test")
+
+
+def test_both_splits_share_the_first_images_size_and_channels(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "pics" / "train", {"a": 2, "b": 2})
+    _write_folder(tmp_path / "pics" / "test", {"a": 1, "b": 1})
+    Image.new("L", (6, 6)).save(tmp_path / "pics" / "test" / "a" / "000.png")  # grey first test image
+    train, test = D.load(f"folder:{tmp_path / 'pics'}", "train"), D.load(f"folder:{tmp_path / 'pics'}", "test")
+    assert train.input_shape == test.input_shape == (3, 6, 6)
+
+
+def test_image_sizes_come_from_the_header_before_decoding(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "pics" / "train", {"a": 2, "b": 2})
+    Image.new("RGB", (700, 6)).save(tmp_path / "pics" / "train" / "b" / "zz.png")  # not the first image
+    with pytest.raises(D.DatasetUnavailable, match="zz.png is 700x6 pixels; images larger than 512"):
+        D.load(f"folder:{tmp_path / 'pics'}", "train")
+
+
+def test_odd_image_modes_decode(tmp_path: Path) -> None:
+    """16-bit grey keeps its top 8 bits (Pillow alone would clip it to white); CMYK, palette, 1-bit decode."""
+    _write_folder(tmp_path / "pics" / "train", {"a": 1, "b": 3})
+    Image.fromarray(np.full((6, 6), 40000, np.uint16)).save(tmp_path / "pics" / "train" / "a" / "000.png")
+    Image.new("CMYK", (6, 6)).save(tmp_path / "pics" / "train" / "a" / "001.jpg")
+    Image.new("P", (6, 6)).save(tmp_path / "pics" / "train" / "b" / "000.png")
+    Image.new("1", (6, 6)).save(tmp_path / "pics" / "train" / "b" / "001.png")
+    ds = D.load(f"folder:{tmp_path / 'pics'}", "train")
+    assert ds.input_shape == (1, 6, 6) and int(ds.x[0].max()) == 40000 >> 8
+
+
+def test_missing_sets_do_not_show_the_data_folder_path(tmp_path: Path) -> None:
+    ds, message = D.load_or_fallback("fashion_mnist", "test")
+    assert ds.name == "digits" and str(tmp_path) not in message and "FashionMNIST/raw/" in message
+
+
+def test_upload_names_are_checked() -> None:
+    D.check_name("dataset", "upload:" + "ab" * 32)
+    with pytest.raises(ConfigError):
+        D.check_name("dataset", "upload:nothex")
+    with pytest.raises(D.DatasetUnavailable, match="no longer in the server's memory.*upload the zip again"):
+        D.load("upload:" + "cd" * 32, "train")
