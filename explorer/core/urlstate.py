@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from explorer.core.config import ConfigError
+from explorer.core.config import ConfigError, shown
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def _parse_one(name: str, p: Param, raw: str) -> Any:
         return p.kind(raw)
     except ValueError:
         what = f"a list of {p.item.__name__}" if p.kind is tuple else p.kind.__name__
-        raise ConfigError(f"URL parameter {name}={raw!r} is not a valid {what}") from None
+        raise ConfigError(f"URL parameter {name}={shown(raw)} is not a valid {what}") from None
 
 
 def parse_params(schema: Mapping[str, Param], params: Mapping[str, str]) -> dict[str, Any]:
