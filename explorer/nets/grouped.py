@@ -161,6 +161,22 @@ def param_count(family: str, width: int, in_shape: tuple[int, ...], num_classes:
     return sum(p.numel() for p in model.parameters())
 
 
+def he_uniform_(model: nn.Module) -> nn.Module:
+    """He/Kaiming-uniform weights, U(+-sqrt(6 / fan_in)), and zero biases for every convolution and linear layer
+    of a K=1 model (the MNIST-1D notebook's init); batch norms keep theirs. Draws from torch's global generator."""
+    for m in model.modules():
+        if isinstance(m, GroupedLinear):  # (K, in, out): fan_in is dim 1
+            bound = math.sqrt(6.0 / m.weight.shape[1])
+            nn.init.uniform_(m.weight, -bound, bound)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):  # fan_in = in / groups x kernel area
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return model
+
+
 def unstack(state: dict[str, torch.Tensor], k_models: int, k: int) -> dict[str, torch.Tensor]:
     """Model k's tensors from a grouped state dict: every stacked tensor's first dim is K blocks."""
     out = {}

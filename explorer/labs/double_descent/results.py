@@ -1,4 +1,4 @@
-"""Reading sweep results: the cached summaries, their spec and recompute command, tables for plots."""
+"""Reading sweep results: the cached summaries, their spec, recipe and recompute command, tables for plots."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from explorer.core.cache import Cache, Entry
 from explorer.core.config import ConfigError
 from explorer.core.provenance import REPO_DIR
 from explorer.core.report import hms
+from explorer.data.noise import LABEL_SCHEMES, expected_agreement
+from explorer.labs.double_descent.run import engine_version
 from explorer.labs.double_descent.spec import (SWEEP_KIND, TRAINED_FAMILIES, SweepSpec, live_args, load_spec,
                                                spec_from_dict)
 
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
     import pandas
 
 SPEC_DIR = REPO_DIR / "sweeps"
+INIT_TITLES = {"torch_default": "PyTorch's default init", "he_uniform": "He-uniform init (zero biases)"}
+NOISE_TITLES = {"other": ("other-class label noise", "each noisy label a random other class"),
+                "uniform": ("uniform-label noise", "each noisy label redrawn uniformly, so some stay right")}
 
 
 def spec_file(name: str, spec_dir: Path = SPEC_DIR) -> Path | None:
@@ -118,3 +123,47 @@ def describe(entry: Entry) -> str:
     device = (m["points"][0].get("device") or meta.get("device", "?")) if m.get("points") else meta.get("device", "?")
     return (f"{c['name']}: {c['family']} on {c['dataset']} (n={c['train_size']}), {len(c['widths'])} widths, "
             f"noise {noise}, {len(c['seeds'])} seed(s), {recipe}, {device}, {hms(wall)} compute")
+
+
+def engine_note(entry: Entry) -> str | None:
+    """What the page says of a summary computed by another engine version than today's (None when it is today's;
+    entries from before versions were recorded count as v1): which version, and the command that recomputes it."""
+    today = engine_version(entry.config["family"])
+    was = entry.meta.get("engine_version", 1)
+    if was == today:
+        return None
+    which = "an earlier" if isinstance(was, int) and was < today else "another"
+    return f"computed with {which} engine (v{was}; today's is v{today}): recompute with `{recompute_command(entry)}`"
+
+
+def recipe_line(entry: Entry) -> str:
+    """The recipe choices where the published ones differ: init or features, what the label noise does (and how
+    many labels it leaves wrong), train and test points; e.g. "He-uniform init (zero biases), uniform-label
+    noise (Zhang et al. 2017; the MNIST-1D notebook: each noisy label redrawn uniformly, so some stay right;
+    13.5% of the train labels wrong at p = 15%), 4,000 train / 12,000 test points"."""
+    spec = summary_spec(entry)
+    if spec.trained:
+        parts = [INIT_TITLES[spec.init]]
+    else:
+        if spec.family == "rf_relu":
+            features = "random ReLU features"
+        elif spec.bandwidth == "median":
+            features = "random Fourier features, bandwidth sigma = the median pairwise distance of training inputs"
+        else:
+            features = f"random Fourier features, bandwidth sigma = {spec.bandwidth:g}"
+        fit = "minimum-norm least squares" if spec.ridge == 0 else f"ridge {spec.ridge:g}"
+        parts = [f"{features}, {fit}"]
+    p = max(spec.label_noise)
+    if p > 0:
+        classes = entry.metrics.get("num_classes")
+        if spec.noise_scheme == "uniform" and not classes:
+            wrong = "about p (C - 1) / C of the train labels wrong"
+        else:
+            frac = 1.0 - expected_agreement(p, spec.noise_scheme, classes or 2)
+            wrong = f"{100 * frac:.3g}% of the train labels wrong at p = {100 * p:g}%"
+        title, what = NOISE_TITLES[spec.noise_scheme]
+        parts.append(f"{title} ({LABEL_SCHEMES[spec.noise_scheme].source}: {what}; {wrong})")
+    else:
+        parts.append("no label noise")
+    parts.append(f"{spec.train_size:,} train / {spec.test_size:,} test points")
+    return ", ".join(parts)

@@ -2,6 +2,11 @@
 
 CLI: python -m explorer sweep SPEC.toml [--backend local|ray] [--workers N] [--force] [--ship]
      python -m explorer sweep --live widths=4,16,64 noise=15 epochs=30   (the page's live sweep)
+
+Every point and summary records the engine version that computed it (train.ENGINE_VERSION for trained
+families, random_features.RF_ENGINE_VERSION for random features) and a fingerprint of this machine's float
+kernels for its family (train.numerics_probe); a cached point or summary of another engine version is not
+reused but recomputed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from explorer.labs.double_descent import random_features
 from explorer.labs.double_descent.spec import (MAX_GROUP, METRICS, POINT_KIND, RF_FAMILIES, SWEEP_KIND, Point,
                                                PointResult, SweepData, SweepSpec, load_data, load_spec, parse_live,
                                                point_config, spec_from_dict)
-from explorer.labs.double_descent.train import train_group
+from explorer.labs.double_descent.train import ENGINE_VERSION, numerics_probe, train_group
 from explorer.nets import grouped as ddmodels
 
 # ---------------------------------------------------------------- planning, cache, backends
@@ -41,8 +46,21 @@ def point_cost(spec: SweepSpec, width: int) -> float:
     return ddmodels.param_count(spec.family, width, (3, 32, 32), 10) * 20 + 50_000
 
 
+def engine_version(family: str) -> int:
+    """The version of the engine that computes this family's points today."""
+    return random_features.RF_ENGINE_VERSION if family in RF_FAMILIES else ENGINE_VERSION
+
+
+def is_current(entry: Entry | None) -> bool:
+    """True for a point or summary entry computed by today's engine of its family (no version recorded: v1)."""
+    return entry is not None and entry.meta.get("engine_version", 1) == engine_version(entry.config["family"])
+
+
 def plan_groups(spec: SweepSpec, points: list[Point]) -> list[list[Point]]:
-    """Group points to train together: same width; MLP widths merge while padding wastes < 25%."""
+    """Group points to compute together: random features, one group per seed (one nested feature draw serves
+    all its widths and noise levels); trained, the same width, and MLP widths merge while padding wastes < 25%."""
+    if spec.family in RF_FAMILIES:
+        return [[p for p in points if p.seed == s] for s in sorted({p.seed for p in points})]
     by_width: dict[int, list[Point]] = {}
     for p in points:
         by_width.setdefault(p.width, []).append(p)
@@ -68,14 +86,32 @@ def compute_points(spec: SweepSpec, points: list[Point], data: SweepData, *,
     closed form."""
     if spec.trained:
         return train_group(spec, points, data, report=report)
-    return [random_features.sweep_point(spec, p, data) for p in points]
+    return random_features.sweep_points(spec, points, data, report=report)
+
+
+def engine_meta(family: str) -> dict:
+    """What a point's or summary's meta records about the code and machine that computed it."""
+    return {"engine_version": engine_version(family), "numerics": numerics_probe(family)}
 
 
 def result_to_entry(spec: SweepSpec, r: PointResult) -> tuple[dict, dict, dict]:
     """(metrics, tensors, meta) of a point's cache entry."""
-    metrics = {"epochs": r.epochs, **r.metrics, "params": r.params, "diverged": r.diverged}
-    meta = {"wall_time_s": r.wall_time_s, "device": describe_device()}
+    metrics = {"epochs": r.epochs, **r.metrics, "params": r.params, "diverged": r.diverged,
+               "num_classes": r.num_classes}
+    meta = {"wall_time_s": r.wall_time_s, "device": describe_device(), **engine_meta(spec.family)}
     return metrics, r.checkpoints, meta
+
+
+def cached_point(spec: SweepSpec, point: Point, cache: Cache) -> Entry | None:
+    """A point's cached entry if today's engine computed it, else None."""
+    entry = cache.get(POINT_KIND, point_config(spec, point))
+    return entry if is_current(entry) else None
+
+
+def cached_summary(spec: SweepSpec, cache: Cache) -> Entry | None:
+    """The spec's cached summary (runtime or shipped) if today's engine computed it, else None."""
+    entry = cache.get(SWEEP_KIND, spec.key_config())
+    return entry if is_current(entry) else None
 
 
 def compute_group(spec: SweepSpec, group: list[Point], cache: Cache, report: Reporter = SILENT) -> list[str]:
@@ -152,7 +188,7 @@ def _work(spec: SweepSpec, width: int) -> float:
 
 def estimate_seconds(spec: SweepSpec, points: list[Point], cache: Cache) -> tuple[float | None, str]:
     """Seconds to compute `points`, scaled from the measured wall times of cached sweeps of the same family and
-    data set on the same kind of device; (None, why) when there is no such measurement."""
+    data set on the same kind of device by today's engine; (None, why) when there is no such measurement."""
     device = describe_device().split(" ")[0]
     seconds = work = 0.0
     names = []
@@ -160,7 +196,7 @@ def estimate_seconds(spec: SweepSpec, points: list[Point], cache: Cache) -> tupl
                            and c.get("dataset") == spec.dataset):
         measured = [p for p in e.metrics.get("points", []) if p.get("wall_time_s")
                     and str(p.get("device", "")).split(" ")[0] == device]
-        if not measured:
+        if not measured or not is_current(e):  # an earlier engine's times say little about today's
             continue
         other = spec_from_dict(e.config)
         seconds += sum(p["wall_time_s"] for p in measured)
@@ -174,13 +210,12 @@ def estimate_seconds(spec: SweepSpec, points: list[Point], cache: Cache) -> tupl
 
 def plan_sweep(spec: SweepSpec, cache: Cache, force: bool = False) -> SweepPlan:
     """Which points are cached and which to compute, and an estimate of their time, before running."""
-    summary = None if force else cache.get(SWEEP_KIND, spec)
+    summary = None if force else cached_summary(spec, cache)
     points = spec.points()
     if force:
         missing = points
     else:
-        missing = [] if summary is not None else [p for p in points
-                                                   if cache.get(POINT_KIND, point_config(spec, p)) is None]
+        missing = [] if summary is not None else [p for p in points if cached_point(spec, p, cache) is None]
     estimate, source = estimate_seconds(spec, missing, cache) if missing else (0.0, "nothing to compute")
     return SweepPlan(summary, missing, len(points) - len(missing), estimate, source)
 
@@ -196,14 +231,14 @@ def run_sweep(spec: SweepSpec, *, cache: Cache, backend: str = "local", workers:
     check_range("workers", workers, 1, 256, integer=True)
     start = time.perf_counter()
     points = spec.points()
-    if not force and (summary := cache.get(SWEEP_KIND, spec)) is not None:
+    if not force and (summary := cached_summary(spec, cache)) is not None:
         report.publish(progress=1.0, message=f"{len(points)}/{len(points)} points (cached summary)")
         return SweepResult(summary, 0, len(points), time.perf_counter() - start, reused=True)
-    if force:  # cache.put keeps an entry already there, so the old results go first
-        for p in points:
-            cache.delete(POINT_KIND, point_config(spec, p))
-        cache.delete(SWEEP_KIND, spec)
-    missing = points if force else [p for p in points if cache.get(POINT_KIND, point_config(spec, p)) is None]
+    missing = points if force else [p for p in points if cached_point(spec, p, cache) is None]
+    # cache.put keeps an entry already there, so old results (forced, or of an earlier engine) go first
+    for p in missing:
+        cache.delete(POINT_KIND, point_config(spec, p))
+    cache.delete(SWEEP_KIND, spec.key_config())
     groups = plan_groups(spec, missing)
     costs = [sum(point_cost(spec, p.width) for p in g) * (spec.epochs if spec.trained else 1) for g in groups]
     progress = SweepProgress(report, costs, len(points), len(points) - len(missing))
@@ -275,12 +310,15 @@ def write_summary(spec: SweepSpec, cache: Cache, wall_time_s: float, root: Cache
     table = torch.tensor([[e.metrics[m] for m in METRICS] for e in entries], dtype=torch.float32)  # (P, M, E)
     points = [{"width": p.width, "noise": p.noise, "seed": p.seed, "params": e.metrics["params"],
                "wall_time_s": e.meta.get("wall_time_s"), "device": e.meta.get("device"),
-               "code_version": e.meta.get("code_version"), "diverged": e.metrics["diverged"]}
+               "code_version": e.meta.get("code_version"), "engine_version": e.meta.get("engine_version", 1),
+               "diverged": e.metrics["diverged"]}
               for p, e in zip(spec.points(), entries)]
     metrics = {"metric_names": list(METRICS), "epochs": epochs, "points": points,
-               "points_wall_time_s": sum(p["wall_time_s"] or 0.0 for p in points)}
-    meta = {"wall_time_s": wall_time_s, "sweep_name": spec.name}
-    return (root or cache).put(SWEEP_KIND, spec, metrics, {"metrics": table.transpose(1, 2).contiguous()}, meta)
+               "points_wall_time_s": sum(p["wall_time_s"] or 0.0 for p in points),
+               "num_classes": entries[0].metrics.get("num_classes")}
+    meta = {"wall_time_s": wall_time_s, "sweep_name": spec.name, **engine_meta(spec.family)}
+    tensors = {"metrics": table.transpose(1, 2).contiguous()}  # (P, E, M)
+    return (root or cache).put(SWEEP_KIND, spec.key_config(), metrics, tensors, meta)
 
 
 # ---------------------------------------------------------------- CLI
@@ -331,13 +369,26 @@ def main(argv: list[str]) -> int:
           f"{res.wall_time_s:.1f} s; summary {res.entry.path}")
     if args.ship:
         if res.reused and res.entry.shipped:
+            shipped = res.entry
             print("shipped: already in cache/shipped (use --force --ship to recompute it)")
         elif res.reused:
             e = res.entry
-            shipped = shipped_cache().put(SWEEP_KIND, spec, e.metrics, e.tensors(), e.meta)
+            shipped = shipped_cache().put(SWEEP_KIND, spec.key_config(), e.metrics, e.tensors(), e.meta)
             print(f"shipped: {shipped.path}")
         else:
-            shipped_cache().delete(SWEEP_KIND, spec)  # recomputed: the new summary replaces the shipped one
+            shipped_cache().delete(SWEEP_KIND, spec.key_config())  # recomputed: the new summary replaces it
             shipped = write_summary(spec, cache, res.entry.meta["wall_time_s"], shipped_cache())
             print(f"shipped: {shipped.path}")
+        for old in replaced_shipped(spec, shipped.key, shipped_cache()):
+            print(f"removed the shipped summary it replaces (same name, another spec or engine): {old}")
     return 0
+
+
+def replaced_shipped(spec: SweepSpec, key: str, ship: Cache) -> list[str]:
+    """Delete from `ship` (the shipped folder's cache) the summaries named like `spec` other than entry `key`: an
+    earlier spec file or engine under the same name, which the page would list beside it; returns their keys."""
+    gone = []
+    for e in ship.entries(SWEEP_KIND, where=lambda c: isinstance(c, dict) and c.get("name") == spec.name):
+        if e.key != key and ship.delete(SWEEP_KIND, e.config):
+            gone.append(e.key)
+    return gone

@@ -20,6 +20,7 @@ from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.schedules import SCHEDULES
 from explorer.data import datasets
+from explorer.data.noise import LABEL_SCHEMES
 from explorer.train.optimizers import supported_kinds
 
 POINT_KIND = "dd_point"
@@ -33,7 +34,12 @@ AUGMENTS = ("none", "flip_crop")
 EVAL_CHUNK = 1024  # examples per evaluation forward, so evaluation never holds the whole set's activations
 MAX_POINTS = 2000
 MAX_GROUP = 64  # models trained together at most
-
+RF_MAX_TRAIN = 5000  # random features: n x max(widths) float64 features are held (5,000 x 20,000 = 800 MB at most)
+INITS = ("torch_default", "he_uniform")  # PyTorch's layer defaults | He/Kaiming-uniform weights, zero biases
+BANDWIDTHS = ("median",)  # named Fourier bandwidths; a number is sigma itself
+# Fields added after sweeps were shipped: each joins a cache key only when set away from this default, so every
+# entry computed before the field existed keeps its key (SweepSpec.key_config).
+KEY_DEFAULTS: dict[str, Any] = {"init": "torch_default", "noise_scheme": "other", "bandwidth": "median"}
 
 
 def _tuple(name: str, value: Any, kind: type) -> tuple:
@@ -60,7 +66,7 @@ class SweepSpec:
     dataset: str = "mnist1d"  # an explorer.data.datasets name
     train_size: int = 4000  # training points (a seeded subset of the data set's train split)
     test_size: int = 1000  # test points (a seeded subset of the test split)
-    label_noise: tuple[float, ...] = (0.0, 0.15)  # fraction of train labels replaced by another class
+    label_noise: tuple[float, ...] = (0.0, 0.15)  # fraction p of train labels replaced (exactly round(p * n) of them)
     family: str = "mlp"  # mlp | cnn5 | resnet18 | rf_relu | rf_fourier
     widths: tuple[int, ...] = (8, 16, 32, 64)  # hidden units / base channels k / random features
     optimizer: str = "momentum"  # sgd | momentum | adam
@@ -77,6 +83,9 @@ class SweepSpec:
     checkpoint_epochs: tuple[int, ...] = ()  # epochs whose weights are kept (safetensors)
     ridge: float = 0.0  # random features only: 0 = minimum-norm least squares
     description: str = ""  # one line for humans
+    init: str = "torch_default"  # trained families: torch_default | he_uniform (the MNIST-1D notebook's)
+    noise_scheme: str = "other"  # what replaces a noisy label (explorer.data.noise.LABEL_SCHEMES): other | uniform
+    bandwidth: str | float = "median"  # rf_fourier: sigma of the Gaussian kernel, or "median" pairwise distance
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not 1 <= len(self.name) <= 80:
@@ -107,6 +116,20 @@ class SweepSpec:
         for e in self.checkpoint_epochs:
             check_range("checkpoint_epochs", e, 1, self.epochs, integer=True)
         check_range("ridge", self.ridge, 0.0, 1e6)
+        check_choice("init", self.init, INITS)
+        if self.init != KEY_DEFAULTS["init"] and not self.trained:
+            raise ConfigError(f"init applies to trained families ({', '.join(TRAINED_FAMILIES)}), not {self.family}")
+        check_choice("noise_scheme", self.noise_scheme, LABEL_SCHEMES)
+        if isinstance(self.bandwidth, str):
+            check_choice("bandwidth", self.bandwidth, BANDWIDTHS)
+        elif isinstance(self.bandwidth, (int, float)) and not isinstance(self.bandwidth, bool):
+            check_range("bandwidth", self.bandwidth, 1e-3, 1e6)
+        else:
+            raise ConfigError(f"bandwidth must be a number (sigma) or \"median\", got {self.bandwidth!r}")
+        if self.bandwidth != KEY_DEFAULTS["bandwidth"] and self.family != "rf_fourier":
+            raise ConfigError(f"bandwidth applies to rf_fourier only, not {self.family}")
+        if self.family in RF_FAMILIES:
+            check_range(f"train_size (for {self.family})", self.train_size, 10, RF_MAX_TRAIN, integer=True)
         if len(set(self.widths)) != len(self.widths) or len(set(self.seeds)) != len(self.seeds) \
                 or len(set(self.label_noise)) != len(self.label_noise):
             raise ConfigError("widths, seeds and label_noise must not repeat a value")
@@ -129,10 +152,23 @@ class SweepSpec:
             return [1]
         return sorted({*range(self.record_every, self.epochs + 1, self.record_every), self.epochs})
 
+    def key_config(self) -> dict[str, Any]:
+        """The spec as plain data for its summary's cache key, under recipe()'s rule for KEY_DEFAULTS fields."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name not in KEY_DEFAULTS or value != KEY_DEFAULTS[f.name]:
+                out[f.name] = to_plain(value)
+        return out
+
     def recipe(self) -> dict[str, Any]:
-        """Everything that determines one point's result except (width, noise, seed)."""
+        """Everything that determines one point's result except (width, noise, seed): key_config() without the
+        name, description and grid. The key rule: a field added after sweeps were shipped (KEY_DEFAULTS: init,
+        noise_scheme, bandwidth) joins the recipe only when set away from its default, so every point computed
+        before it existed keeps its cache key; a new field must be added to KEY_DEFAULTS with the default that
+        reproduces the old behaviour."""
         skip = {"name", "description", "widths", "seeds", "label_noise"}
-        return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
+        return {k: v for k, v in self.key_config().items() if k not in skip}
 
 
 SPEC_FIELDS = {f.name: f for f in dataclasses.fields(SweepSpec)}
@@ -161,6 +197,8 @@ def spec_from_dict(data: dict[str, Any]) -> SweepSpec:
     for key, kind in TUPLE_TYPES.items():
         if key in table:
             table[key] = () if key == "checkpoint_epochs" and table[key] == [] else _tuple(key, table[key], kind)
+    if isinstance(table.get("bandwidth"), int) and not isinstance(table["bandwidth"], bool):
+        table["bandwidth"] = float(table["bandwidth"])  # bandwidth = 5 in TOML is sigma 5.0
     return SweepSpec(**table)
 
 
@@ -246,10 +284,17 @@ class SweepData:
 
 
 def load_data(spec: SweepSpec, device: torch.device | None = None) -> SweepData:
-    """Seeded train/test subsets of the spec's data set (raises DatasetUnavailable with how to get it)."""
+    """Seeded train/test subsets of the spec's data set (raises DatasetUnavailable with how to get it); a size
+    larger than its split is refused (ConfigError), so a sweep never says it used more points than it had."""
     device = device or get_device()
-    tr = datasets.take(datasets.load(spec.dataset, "train"), spec.train_size, spec.data_seed)
-    te = datasets.take(datasets.load(spec.dataset, "test"), spec.test_size, spec.data_seed + 1)
+    splits = {}
+    for split, size in (("train", spec.train_size), ("test", spec.test_size)):
+        splits[split] = datasets.load(spec.dataset, split)
+        if size > len(splits[split]):
+            raise ConfigError(f"{split}_size {size:,} is more than the {len(splits[split]):,} examples of "
+                              f"{spec.dataset}'s {split} split")
+    tr = datasets.take(splits["train"], spec.train_size, spec.data_seed)
+    te = datasets.take(splits["test"], spec.test_size, spec.data_seed + 1)
     return SweepData(tr.to_float().to(device), tr.y.to(device), te.to_float().to(device), te.y.to(device),
                      tr.num_classes, tuple(tr.input_shape))
 
@@ -266,3 +311,4 @@ class PointResult:
     wall_time_s: float
     diverged: str | None = None
     checkpoints: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # "epoch{E}/{name}"
+    num_classes: int | None = None  # of the data set (the page says how many noisy labels end up wrong)

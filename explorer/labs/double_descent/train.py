@@ -3,10 +3,16 @@ as ONE grouped model (explorer.nets.grouped): one forward/backward per step for 
 batch order, one host sync per epoch. MLP points of different small widths share a group too: they are
 zero-padded to the group's widest model, and zero-padded units get exactly zero gradient, so they stay
 zero and change nothing.
+
+ENGINE_VERSION numbers what this module computes: bump it whenever a change gives any point other numbers (even
+in the last bit); entries recorded with another version are flagged on the page and recomputed by the sweep
+command (explorer.labs.double_descent.results.engine_note).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import time
 from typing import Any
@@ -23,6 +29,8 @@ from explorer.train import fused_mlp
 from explorer.train.evaluate import diverged_message, evaluate, first_nonfinite
 from explorer.train.optimizers import build_optimizer, config_for
 
+ENGINE_VERSION = 1  # of the trained families' numbers (v1: this grouped engine with its fused MLP step)
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and random 4-pixel crop of a padded copy, as whole-batch tensor ops."""
     b, c, h, w = x.shape
@@ -38,6 +46,16 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 # ---------------------------------------------------------------- grouped training
 
+def _he_uniform_model(params: list, index: int, dims: list[int], generator: torch.Generator) -> None:
+    """Model `index`'s weights He/Kaiming-uniform, U(+-sqrt(6 / fan_in)) (torch.nn.init.kaiming_uniform_'s
+    default), biases zero, as the MNIST-1D notebook initialises; the layout of fused_mlp.init_model (padding
+    left zero)."""
+    for (w, b), fan_in, out in zip(params, dims[:-1], dims[1:]):
+        bound = math.sqrt(6.0 / fan_in)
+        w[index, :fan_in, :out] = torch.empty(fan_in, out).uniform_(-bound, bound, generator=generator)
+        b[index, :out] = 0.0
+
+
 class _FusedGroup:
     """K zero-padded MLPs in -> h -> h -> out as one explorer.train.fused_mlp.FusedMLP (hand-written
     backward), all weights in one flat tensor and all gradients in another, so the optimizer update is
@@ -48,9 +66,10 @@ class _FusedGroup:
         k, h = len(widths), max(widths)
         self.dims = [in_dim, h, h, classes]
         flat = torch.zeros(fused_mlp.flat_size(k, self.dims))
+        init = fused_mlp.init_model if spec.init == "torch_default" else _he_uniform_model
         for i, (w, s) in enumerate(zip(widths, seeds)):
-            fused_mlp.init_model(fused_mlp.flat_layers(flat, k, self.dims), i, [in_dim, w, w, classes],
-                                 torch.Generator().manual_seed(s * 7_777 + w))
+            init(fused_mlp.flat_layers(flat, k, self.dims), i, [in_dim, w, w, classes],
+                 torch.Generator().manual_seed(s * 7_777 + w))
         self.flat = flat.to(device)
         self.grad = torch.zeros_like(self.flat)
         self.layers = fused_mlp.flat_layers(self.flat, k, self.dims)
@@ -93,7 +112,10 @@ class _AutogradGroup:
         for s in seeds:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(s * 7_777 + width)
-                singles.append(ddmodels.build(family, width, 1, data.in_shape, data.num_classes).state_dict())
+                single = ddmodels.build(family, width, 1, data.in_shape, data.num_classes)
+                if spec.init == "he_uniform":
+                    ddmodels.he_uniform_(single)
+                singles.append(single.state_dict())
         self.k = len(seeds)
         self.model = ddmodels.build(family, width, self.k, data.in_shape, data.num_classes).to(device)
         self.model.load_state_dict(ddmodels.restack(singles))
@@ -150,8 +172,11 @@ def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
                                spec, device)
     else:
         net = _AutogradGroup(spec.family, points[0].width, [p.seed for p in points], data, spec, device)
-    y_tr = torch.stack([noisy_labels(data.y_train, p.noise, c, noise_seed(p.seed, p.noise)) for p in points])  # (K, N)
-    y_te_noisy = torch.stack([noisy_labels(data.y_test, p.noise, c, noise_seed(p.seed, p.noise, 1)) for p in points])
+    scheme = spec.noise_scheme
+    y_tr = torch.stack([noisy_labels(data.y_train, p.noise, c, noise_seed(p.seed, p.noise), scheme)
+                        for p in points])  # (K, N)
+    y_te_noisy = torch.stack([noisy_labels(data.y_test, p.noise, c, noise_seed(p.seed, p.noise, 1), scheme)
+                              for p in points])
     y_te = data.y_test.expand(k, -1)
     x_tr, x_te = net.prepare(data.x_train), net.prepare(data.x_test)
     order = torch.Generator().manual_seed(spec.data_seed)
@@ -197,4 +222,37 @@ def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
     wall = time.perf_counter() - start
     return [PointResult(p, epochs, {m: hist[m][i] for m in METRICS},
                         ddmodels.param_count(spec.family, p.width, data.in_shape, data.num_classes),
-                        wall / k, diverged[i], ckpts[i]) for i, p in enumerate(points)]
+                        wall / k, diverged[i], ckpts[i], c) for i, p in enumerate(points)]
+
+
+@functools.lru_cache(maxsize=8)
+def numerics_probe(family: str) -> str:
+    """A fingerprint of this machine's float kernels as a family's points use them (16 hex digits), from the bits
+    of a short computation on fixed data: a few fused-MLP steps of padded models (mlp), a grouped CNN's gradients
+    (cnn5, resnet18: convolution kernels and their thread split), a float64 SVD and feature matmul (random
+    features). Where the fingerprint is the one a result was computed under, recomputing it gives the same bits;
+    elsewhere (another CPU, BLAS or thread count) the last bits may differ, and long trainings amplify them."""
+    from explorer.labs.double_descent.spec import RF_FAMILIES, SweepSpec
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        if family == "mlp":
+            spec = SweepSpec(name="numerics-probe", dataset="digits", lr=0.05)
+            net = _FusedGroup([3, 20], [0, 1], 40, 10, spec, torch.device("cpu"))
+            x = net.prepare(torch.randn(100, 40, generator=g))
+            for _ in range(3):
+                net.step(x, torch.randint(0, 10, (2, 100), generator=g), spec.lr)
+            parts = [net.flat]
+        elif family in RF_FAMILIES:
+            x = torch.randn(60, 50, generator=g, dtype=torch.float64)
+            phi = torch.cos(x @ torch.randn(50, 90, generator=g, dtype=torch.float64))
+            parts = list(torch.linalg.svd(phi, full_matrices=False))
+        else:
+            torch.manual_seed(0)
+            cnn = ddmodels.build("cnn5", 2, 2, (1, 28, 28), 10)
+            cnn(torch.randn(8, 1, 28, 28, generator=g)).square().sum().backward()
+            parts = [p.grad for p in cnn.parameters()]
+    h = hashlib.sha256(family.encode())
+    for t in parts:
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

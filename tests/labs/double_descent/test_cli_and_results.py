@@ -10,10 +10,13 @@ import torch
 from explorer.core.cache import Cache
 from explorer.core.config import ConfigError
 from explorer.labs.double_descent import run as run_mod
-from explorer.labs.double_descent.results import clearest_sweep, list_sweeps, peak_rise, recompute_command
+from explorer.labs.double_descent.random_features import RF_ENGINE_VERSION
+from explorer.labs.double_descent.results import (clearest_sweep, engine_note, list_sweeps, peak_rise,
+                                                  recompute_command)
 from explorer.labs.double_descent.run import plan_sweep, run_sweep
-from explorer.labs.double_descent.spec import (METRICS, SWEEP_KIND, SweepSpec, live_args, live_spec, parse_live,
-                                               point_config)
+from explorer.labs.double_descent.spec import (METRICS, POINT_KIND, SWEEP_KIND, SweepSpec, live_args, live_spec,
+                                               parse_live, point_config)
+from explorer.labs.double_descent.train import ENGINE_VERSION, numerics_probe
 
 TINY = SweepSpec(name="cli-tiny", dataset="digits", train_size=150, test_size=100, label_noise=(0.0,),
                  widths=(4, 8), epochs=2, batch_size=50, seeds=(0,))
@@ -26,7 +29,7 @@ def _summary(cache: Cache, name: str, family: str, errors: list[float]) -> None:
     table = torch.zeros(len(errors), 1, len(METRICS))
     table[:, 0, METRICS.index("test_err")] = torch.tensor(errors)
     points = [{"width": w, "noise": 0.1, "seed": 0, "params": w, "wall_time_s": 1.0, "device": "cpu"} for w in widths]
-    cache.put(SWEEP_KIND, spec, {"metric_names": list(METRICS), "epochs": [1], "points": points},
+    cache.put(SWEEP_KIND, spec.key_config(), {"metric_names": list(METRICS), "epochs": [1], "points": points},
               {"metrics": table}, {"sweep_name": name})
 
 
@@ -114,3 +117,71 @@ def test_the_estimate_scales_measured_points_and_says_when_there_are_none(tmp_pa
     missing = plan_sweep(double, cache)
     assert len(missing.missing) == 2 and missing.cached == 0 and missing.estimate_s == pytest.approx(2 * measured)
     assert cache.get("dd_point", point_config(TINY, TINY.points()[0])) is not None
+
+
+def test_an_entry_of_another_engine_version_is_flagged_with_its_recompute_command(tmp_path) -> None:
+    cache = Cache(tmp_path / "rt", tmp_path / "none")
+    _summary(cache, "old-mlp", "mlp", [0.5, 0.4])  # no version recorded: v1, today's for trained families
+    _summary(cache, "old-rf", "rf_relu", [0.5, 0.4])
+    by_name = {e.config["name"]: e for e in list_sweeps(cache)}
+    assert engine_note(by_name["old-mlp"]) is None
+    assert engine_note(by_name["old-rf"]) == (
+        f"computed with an earlier engine (v1; today's is v{RF_ENGINE_VERSION}): recompute with "
+        "`python -m explorer sweep SPEC.toml`")
+    entry = run_sweep(TINY, cache=cache).entry
+    assert entry.meta["engine_version"] == ENGINE_VERSION and entry.meta["numerics"] == numerics_probe("mlp")
+    assert engine_note(entry) is None
+    newer = cache.put(SWEEP_KIND, {**entry.config, "name": "newer"}, entry.metrics, entry.tensors(),
+                      {**entry.meta, "engine_version": ENGINE_VERSION + 1})
+    assert engine_note(newer).startswith(f"computed with another engine (v{ENGINE_VERSION + 1}; today's is "
+                                         f"v{ENGINE_VERSION})")
+
+
+def test_points_and_summaries_of_another_engine_are_recomputed_not_reused(tmp_path) -> None:
+    cache = Cache(tmp_path / "rt", tmp_path / "none")
+    first = run_sweep(TINY, cache=cache)
+    point = cache.get(POINT_KIND, point_config(TINY, TINY.points()[0]))
+    assert point.meta["engine_version"] == ENGINE_VERSION and point.metrics["num_classes"] == 10
+    cache.delete(POINT_KIND, point.config)
+    cache.put(POINT_KIND, point.config, {**point.metrics, "test_err": [0.999] * 2}, None,
+              {**point.meta, "engine_version": ENGINE_VERSION - 1})
+    cache.delete(SWEEP_KIND, TINY.key_config())
+    cache.put(SWEEP_KIND, TINY.key_config(), first.entry.metrics, first.entry.tensors(),
+              {**first.entry.meta, "engine_version": ENGINE_VERSION - 1})
+    plan = plan_sweep(TINY, cache)
+    assert plan.summary is None and plan.missing == [TINY.points()[0]]
+    again = run_sweep(TINY, cache=cache)
+    assert (again.computed, again.cached, again.reused) == (1, 1, False)
+    assert cache.get(POINT_KIND, point.config).metrics["test_err"] == point.metrics["test_err"]
+    assert again.entry.meta["engine_version"] == ENGINE_VERSION
+    assert torch.equal(again.entry.tensors()["metrics"], first.entry.tensors()["metrics"])
+
+
+def test_shipping_a_sweep_removes_the_shipped_summary_of_the_same_name_it_replaces(tmp_path) -> None:
+    ship = Cache(tmp_path / "ship", tmp_path / "ship")
+    old = run_sweep(TINY, cache=ship).entry
+    other = run_sweep(dataclasses.replace(TINY, name="other"), cache=ship).entry
+    new_spec = dataclasses.replace(TINY, epochs=3)
+    new = run_sweep(new_spec, cache=ship).entry
+    assert run_mod.replaced_shipped(new_spec, new.key, ship) == [old.key]
+    assert {e.key for e in ship.entries(SWEEP_KIND)} == {other.key, new.key}
+
+
+def test_shipping_a_changed_spec_file_replaces_the_summary_shipped_under_its_name(tmp_path, monkeypatch,
+                                                                                 capsys) -> None:
+    ship = Cache(tmp_path / "ship", tmp_path / "ship")
+    cache = Cache(tmp_path / "rt", tmp_path / "ship")
+    monkeypatch.setattr(run_mod, "default_cache", lambda: cache)
+    monkeypatch.setattr(run_mod, "shipped_cache", lambda: ship)
+    spec_file = tmp_path / "rf.toml"
+    text = ('[sweep]\nname = "rf-cli"\ndataset = "digits"\ntrain_size = 150\ntest_size = 100\nlabel_noise = [0.0]\n'
+            'family = "rf_fourier"\nwidths = [50, 200]\nseeds = [0]\n')
+    spec_file.write_text(text)
+    assert run_mod.main([str(spec_file), "--ship"]) == 0
+    [first] = ship.entries(SWEEP_KIND)
+    spec_file.write_text(text + "bandwidth = 5\n")
+    assert run_mod.main([str(spec_file), "--ship"]) == 0
+    [second] = ship.entries(SWEEP_KIND)
+    assert second.key != first.key and second.config["bandwidth"] == 5.0
+    assert f"removed the shipped summary it replaces (same name, another spec or engine): {first.key}" in \
+        capsys.readouterr().out

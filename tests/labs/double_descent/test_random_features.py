@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from explorer.core.config import ConfigError
-from explorer.labs.double_descent.random_features import RFConfig, fit_curve, min_norm_fit, run
+from explorer.labs.double_descent.random_features import (BLOCK, RF_ENGINE_VERSION, NestedFeatures, RFConfig,
+                                                          bandwidth_sigma, cache_config, fit_curve, fit_nested,
+                                                          min_norm_fit, run)
+from explorer.labs.double_descent.run import plan_groups
+from explorer.labs.double_descent.spec import SweepSpec
 
 
 def test_min_norm_fit_matches_pinv_and_interpolates() -> None:
@@ -61,3 +65,52 @@ def test_run_on_embedded_digits() -> None:
 def test_bad_config_is_refused(field: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RFConfig(**{field: value})
+
+
+@pytest.mark.parametrize("kind", ["fourier", "relu"])
+def test_features_are_nested_whatever_the_largest_count(kind: str) -> None:
+    x, _ = _blobs(30, 3)
+    feats = NestedFeatures(10, kind, 7, 2.0, torch.device("cpu"))
+    wide = feats.raw(x.double(), 3 * BLOCK + 5)
+    assert torch.equal(NestedFeatures(10, kind, 7, 2.0, torch.device("cpu")).raw(x.double(), 100), wide[:, :100])
+    assert torch.equal(NestedFeatures(10, kind, 7, 2.0, torch.device("cpu")).raw(x.double(), BLOCK + 1),
+                       wide[:, :BLOCK + 1])
+    assert not torch.equal(NestedFeatures(10, kind, 8, 2.0, torch.device("cpu")).raw(x.double(), 100), wide[:, :100])
+
+
+def test_a_fit_is_the_same_number_whichever_counts_and_label_sets_come_with_it() -> None:
+    """A point's cache key names only its own width and noise, so its fit must not depend on the others."""
+    x_tr, y_tr = _blobs(60, 1)
+    x_te, y_te = _blobs(200, 2)
+    y_other = torch.roll(y_tr, 1)
+    alone = fit_curve(x_tr, y_tr, x_te, y_te, 4, (40,), "fourier", 3)
+    among = fit_curve(x_tr, y_tr, x_te, y_te, 4, (10, 40, 60, 300, 700), "fourier", 3)
+    assert alone[0] == among[1]
+    two = fit_nested(x_tr, [y_tr, y_other], x_te, y_te, 4, (40, 300), "fourier", 3, y_te_noisy=[None, y_te])
+    assert two[0][0] == alone[0] and two[0][1] == among[3]
+    [other] = fit_curve(x_tr, y_other, x_te, y_te, 4, (300,), "fourier", 3, y_te_noisy=y_te)
+    assert two[1][1] == other
+
+
+def test_bandwidth_is_the_median_distance_or_the_number_given() -> None:
+    x, y = _blobs(80, 4)
+    assert bandwidth_sigma(x, "median") == pytest.approx(float(torch.pdist(x.double()).median()))
+    assert bandwidth_sigma(x, 5.0) == 5.0
+    x_te, y_te = _blobs(100, 5)
+    wide = fit_curve(x, y, x_te, y_te, 4, (100,), "fourier", bandwidth=50.0)[0]
+    assert wide != fit_curve(x, y, x_te, y_te, 4, (100,), "fourier")[0]
+    with pytest.raises(ConfigError, match="bandwidth"):
+        RFConfig(kind="fourier", bandwidth="wide")
+
+
+def test_curve_cache_keys_name_the_engine_and_a_bandwidth_only_when_set() -> None:
+    plain = cache_config(RFConfig())
+    assert plain["engine_version"] == RF_ENGINE_VERSION and "bandwidth" not in plain
+    assert cache_config(RFConfig(kind="fourier", bandwidth=5.0))["bandwidth"] == 5.0
+
+
+def test_random_feature_points_are_planned_one_group_per_seed() -> None:
+    spec = SweepSpec(name="rf", dataset="digits", family="rf_fourier", widths=(50, 100, 200), seeds=(0, 1),
+                     label_noise=(0.0, 0.1))
+    groups = plan_groups(spec, spec.points())
+    assert [sorted({p.seed for p in g}) for g in groups] == [[0], [1]] and [len(g) for g in groups] == [6, 6]
