@@ -17,7 +17,8 @@ from explorer.labs.boundaries.run import SPEEDS, PlaygroundRun, Snapshot, build_
 from explorer.nets.mlp import ACTIVATIONS, MAX_LAYERS, MAX_WIDTH
 from explorer.render.png import boundary_png, curves_png, data_uri, network_svg
 from explorer.train.single_mlp import LOSSES, OPTIMIZER_KINDS
-from views.widgets import app_cache, config_or_stop, get_job, plain, settings_from_url, start_job
+from views.widgets import (app_cache, config_or_stop, get_job, plain, queue_text, resume_job, settings_from_url,
+                           show_busy, start_job)
 
 LRS = (0.00001, 0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 # URL names (in shared links): "features" is the input-features group and setting
@@ -37,6 +38,7 @@ K = "pg_"  # widget-key prefix
 # which replaces each element in place: nothing is removed, nothing blinks.
 LIVE_LOOP_S = 1.0
 FRAME_S = 0.02  # how often the loop looks for a new snapshot
+QUEUED_S = 0.25  # how often it looks while the run waits in the queue (the note changes slowly)
 FULL_EVERY_S = 0.25  # the curves: at most 4 redraws per second (the boundary: every snapshot)
 NETWORK_EVERY_S = 1.0  # the network graph, an SVG the browser parses as HTML (the costliest element to redraw)
 BOUNDARY_CAPTION = "Output of the network over the input plane; points: train (white rim), test (black rim)"
@@ -168,7 +170,7 @@ def _frame(snap: Snapshot, run: PlaygroundRun, show_test: bool, discrete: bool, 
                             train=(split.raw_train, split.y_train.cpu().numpy()),
                             test=(split.raw_test, split.y_test.cpu().numpy()) if show_test else None,
                             axes=True, font_px=font)
-    frame = {"stats": line + f" · *{snap.status}*", "boundary": data_uri(boundary)}
+    frame = {"line": line, "stats": line + f" · *{snap.status}*", "boundary": data_uri(boundary)}
     if full:
         h = snap.history
         w, hgt = (720, 560) if lecture else (480, 330)
@@ -205,6 +207,28 @@ def _draw(frame: dict, slots: dict | None, lecture: bool) -> dict:
     return slots
 
 
+def _job_for(run: PlaygroundRun):
+    """The session's job for this run; a new paused one, continuing the run where it stopped, when the runner reaped
+    the old one (nobody polled it for its orphan timeout: an idle paused tab polls nothing) or forgot it."""
+    job = get_job("playground")
+    if job is None or (job.state is JobState.CANCELLED and not run.finished):
+        run.restart()
+        job = start_job("playground", run.job, name="playground", start_paused=True)
+    return job
+
+
+def _control(step: bool = False) -> None:
+    """Play (or Step)'s callback: the run's job resumes (or trains one epoch); a full queue leaves the busy
+    message for the page and the run stays paused."""
+    run = st.session_state.get(K + "run")
+    if run is None:
+        return
+    job = _job_for(run)
+    if step:
+        st.session_state[K + "await"] = job.version  # the panel waits for the stepped epoch
+    resume_job("playground", step=step)
+
+
 def page() -> None:
     st.title("Decision boundaries")
     st.caption("Train a small network on a 2D data set and watch its decision boundary form, epoch by epoch. "
@@ -228,14 +252,16 @@ def page() -> None:
     _sidebar(values)
 
     run: PlaygroundRun | None = s.get(K + "run")
-    job = get_job("playground")
     run_key = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1.0))  # lr changes live
-    if run is None or s.get(K + "run_key") != run_key or job is None or s.pop(K + "reset", False):
-        run = PlaygroundRun(cfg, upload, cache=app_cache(), use_cache=not s.pop(K + "no_cache", False))
+    if run is None or s.get(K + "run_key") != run_key or s.pop(K + "reset", False):
+        use_cache = not s.pop(K + "no_cache", False)
+        run = config_or_stop(lambda: PlaygroundRun(cfg, upload, cache=app_cache(), use_cache=use_cache))  # bad data
         s[K + "run"], s[K + "run_key"] = run, run_key
         job = start_job("playground", run.job, name="playground", start_paused=True)
-    elif cfg.train.lr != run.trainer.lr:
-        run.set_lr(cfg.train.lr)
+    else:
+        job = _job_for(run)
+        if cfg.train.lr != run.trainer.lr:
+            run.set_lr(cfg.train.lr)
     run.set_speed(float(s[K + "speed"]))
 
     with bar:
@@ -243,12 +269,11 @@ def page() -> None:
         active = not job.pause_requested and not job.is_final
         # both buttons always drawn (one disabled): swapping one for the other would leave the old one stale
         # beside the new one until the script run ends, and the controls would jump
-        b[0].button("Play", key=K + "btn_play", icon=":material/play_arrow:", on_click=job.resume,
+        b[0].button("Play", key=K + "btn_play", icon=":material/play_arrow:", on_click=_control,
                     use_container_width=True, disabled=run.finished or active, type="primary")
         b[1].button("Pause", key=K + "btn_pause", icon=":material/pause:", on_click=job.pause,
                     use_container_width=True, disabled=not active)
-        b[2].button("Step", key=K + "btn_step", on_click=lambda: (s.update({K + "await": job.version}), job.step()),
-                    disabled=run.finished or active,
+        b[2].button("Step", key=K + "btn_step", on_click=_control, args=(True,), disabled=run.finished or active,
                     use_container_width=True, help="Train one epoch.")
         b[3].button("Reset", key=K + "btn_reset", use_container_width=True,
                     on_click=lambda: s.update({K + "reset": True, K + "no_cache": True}),
@@ -258,6 +283,7 @@ def page() -> None:
         b[5].select_slider("Speed", list(SPEEDS), key=K + "speed", label_visibility="collapsed",
                            format_func=lambda v: "max speed" if v == 0 else f"{v} epochs/s",
                            help="Pace of training, so a lecture hall can follow; results do not depend on it.")
+        show_busy("playground")
     if "views" not in hide:
         v = st.columns(4)
         v[0].toggle("Show test points", key=K + "test")
@@ -271,10 +297,13 @@ def page() -> None:
 
 
 def _live(job, run: PlaygroundRun, show_test: bool, discrete: bool, lecture: bool) -> None:
-    """Draw the live view once, then push each new snapshot into the same elements while training.
+    """Draw the live view at once, then push each new snapshot into the same elements while training.
 
-    Only while training does the fragment rerun (every LIVE_LOOP_S, a new loop); paused, stepped or finished, it
-    draws what changed and stops, so nothing is redrawn while nothing changes.
+    The first frame is the job's newest snapshot, or the run's start state when the job has published none yet
+    (it may wait for a compute slot): the page never waits to draw. Only while training (or waiting in the queue
+    to train) does the fragment rerun (every LIVE_LOOP_S, a new loop); paused, stepped or finished, it draws what
+    changed and stops, so nothing is redrawn, and nothing costs the server, while nothing changes. While the run
+    waits in the queue, the stats line says where: "Waiting for a compute slot: position N of M, about T".
     """
     training = not job.pause_requested and not job.is_final
 
@@ -283,35 +312,51 @@ def _live(job, run: PlaygroundRun, show_test: bool, discrete: bool, lecture: boo
         job.touch()
         deadline = time.monotonic() + LIVE_LOOP_S
         awaited = st.session_state.pop(K + "await", None)  # after Step: wait for the stepped epoch
-        while job.snapshot is None and not job.is_final and time.monotonic() < deadline:
-            time.sleep(FRAME_S)  # the job publishes its first snapshot as soon as it starts
         seen = job.version
-        snap = job.snapshot or run.snapshot()
-        slots = _draw(_frame(snap, run, show_test, discrete, lecture, True, True), None, lecture)
+        snap = job.snapshot or run.start_state
+        memo = st.session_state.get(K + "frame")  # the last first frame: unchanged while paused or queued
+        options = (show_test, discrete, lecture)
+        if memo is not None and memo[0] is snap and memo[1] == options:
+            frame = dict(memo[2])
+        else:
+            frame = _frame(snap, run, show_test, discrete, lecture, True, True)
+            st.session_state[K + "frame"] = (snap, options, dict(frame))
+        note = queue_text(job)
+        if note is not None:
+            frame["stats"] = frame["line"] + f" · *{note}*"
+        slots = _draw(frame, None, lecture)
         last_full = last_network = time.monotonic()
         while time.monotonic() < deadline:
             job.touch()
-            busy = job.state in (JobState.RUNNING, JobState.QUEUED)
+            state = job.state
+            busy = state in (JobState.RUNNING, JobState.QUEUED, JobState.SLEEPING)
             if job.version != seen and job.snapshot is not None:
                 seen, snap = job.version, job.snapshot
                 now = time.monotonic()
                 full = now - last_full >= FULL_EVERY_S or not busy
                 network = now - last_network >= NETWORK_EVERY_S or not busy
-                _draw(_frame(snap, run, show_test, discrete, lecture, full, network), slots, lecture)
+                frame = _frame(snap, run, show_test, discrete, lecture, full, network)
+                _draw(frame, slots, lecture)
+                note = None
                 last_full = now if full else last_full
                 last_network = now if network else last_network
                 continue  # a frame took a while: look for the next at once
             if not busy and seen != awaited:
                 break
+            if state is JobState.QUEUED:
+                if (text := queue_text(job)) != note:
+                    note = text
+                    slots["stats"].markdown(frame["line"] + f" · *{note or snap.status}*")
+                time.sleep(QUEUED_S)
+                continue
             time.sleep(FRAME_S)
         if snap.status == "diverged":
-            slots["message"].error(snap.message)
+            slots["message"].error(plain(snap.message))
         if job.state is JobState.FAILED:
-            slots["message"].error(f"The run failed: {job.error}")
+            slots["message"].error("The run failed: " + plain(job.error))
         if training and job.is_final:
             st.rerun()  # finished on its own: redraw the buttons (Play disabled) and stop the fragment's timer
 
     panel()
-
 
 page()

@@ -1,4 +1,11 @@
-"""Double descent: test error against model width and against epochs, from cached or live sweeps."""
+"""Double descent: test error against model width and against epochs, from cached or live sweeps.
+
+Per-session results stay per session: the sweep selector lists the shipped sweeps and the sweeps this session
+computed or asked for (a link's ?sweep=, or Compute), never every sweep another visitor computed, and the default
+is chosen among the shipped ones. Compute with settings someone already computed finds the result in the cache at
+once; while it is still computing, everyone who asks for the same settings joins one job (keyed by the result's
+cache address) and sees its progress.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +16,17 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from explorer.core.cache import key_for
 from explorer.core.config import ConfigError
+from explorer.core.config import shown as shown_value  # a refused value, cut to a readable length
 from explorer.core.report import hms, progress_line
-from explorer.labs.double_descent.random_features import KINDS, RFConfig, cached_run, features_around
+from explorer.labs.double_descent.random_features import KINDS, RF_KIND, RFConfig, cached_run, features_around
 from explorer.labs.double_descent.results import (clearest_sweep, describe, interpolation_threshold, list_sweeps,
                                                   peak_rise, recompute_command, sweep_frame)
 from explorer.labs.double_descent.run import plan_sweep, run_sweep
-from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, live_spec
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, lecture_mode, plain, poll_job,
-                           show_provenance, split_dash, start_job)
+from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, SWEEP_KIND, live_spec
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
+                           poll_job, show_provenance, split_dash, start_job)
 
 K = "dd_"  # widget-key prefix
 METRIC_LABELS = {"test_err": "test error (clean labels)", "test_err_noisy": "test error (noisy labels)",
@@ -39,8 +48,25 @@ def _frame(key: str) -> pd.DataFrame:
 
 
 def _entries() -> dict:
-    """Summary entries by key, newest first."""
+    """Every summary entry in the cache by key, newest first (what a link or this session may ask for)."""
     return {e.key: e for e in list_sweeps(app_cache())}
+
+
+def _mine() -> list[str]:
+    """Keys of the sweeps this session computed or asked for, in the order it did (kept in session state)."""
+    return st.session_state.setdefault(K + "mine", [])
+
+
+def _remember(key: str) -> None:
+    """Add a sweep to this session's list (the selector shows it from now on)."""
+    if key not in _mine():
+        _mine().append(key)
+
+
+def _listed(entries: dict) -> dict:
+    """The selector's sweeps: the shipped ones and this session's own, not every sweep another visitor computed."""
+    mine = set(_mine())
+    return {k: e for k, e in entries.items() if e.shipped or k in mine}
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -53,20 +79,25 @@ def _clearest(keys: tuple[str, ...]) -> str | None:
 
 def _pick_sweep(entries: dict) -> str | None:
     """The sweep chosen in the selector: ?sweep=<key prefix> preselects one (a bad one gets a message), else the
-    one with the clearest peak."""
-    keys = list(entries)
+    shipped one with the clearest peak."""
+    if (pending := st.session_state.pop(K + "show", None)) is not None:
+        _show(pending)
     wanted = st.query_params.get("sweep")
     if wanted and K + "sweep" not in st.session_state:
-        match = [k for k in keys if k.startswith(str(wanted))]
+        match = [k for k in entries if k.startswith(str(wanted))]
         if match:
+            _remember(match[0])
             st.session_state[K + "sweep"] = match[0]
         else:
-            st.warning(f"No sweep matches `sweep={wanted}` from the link; showing the one with the clearest peak.")
-    if not keys:
+            st.warning(plain(f"No sweep matches sweep={shown_value(str(wanted))} from the link; showing the one with the "
+                             "clearest peak."))
+    listed = _listed(entries)
+    if not listed:
         return None
-    if st.session_state.get(K + "sweep") not in entries:
-        st.session_state[K + "sweep"] = _clearest(tuple(keys))
-    return st.selectbox("Sweep", keys, format_func=lambda k: describe(entries[k]), key=K + "sweep")
+    if st.session_state.get(K + "sweep") not in listed:
+        shipped = tuple(k for k, e in listed.items() if e.shipped)
+        st.session_state[K + "sweep"] = _clearest(shipped or tuple(listed))
+    return st.selectbox("Sweep", list(listed), format_func=lambda k: describe(listed[k]), key=K + "sweep")
 
 
 def _model_wise(df: pd.DataFrame, metric: str, x_axis: str, epoch: int, closed_form: bool) -> alt.Chart:
@@ -206,11 +237,16 @@ def live_sweep() -> None:
     if go:
         spec = config_or_stop(lambda: live_spec(widths, noise, epochs))
         cache = app_cache()
+        if plan is not None and plan.summary is not None:  # computed before, by anyone: shown at once, no job
+            st.session_state[K + "show"] = plan.summary.key
+            st.rerun()  # the selector above is drawn already: it takes the sweep on the next run
 
         def job(ctx):
             return run_sweep(spec, cache=cache, report=ctx).entry.key
 
-        start_job("dd_live", job, name="double-descent sweep")
+        # keyed by the summary's cache address: everyone computing these settings shares this one job
+        _remember(key_for(SWEEP_KIND, spec))
+        start_job("dd_live", job, name="double-descent sweep", key=job_key(SWEEP_KIND, spec))
     job = get_job("dd_live")
     if job is not None:
         def draw(j) -> None:
@@ -218,11 +254,16 @@ def live_sweep() -> None:
             elapsed = (j.finished or time.time()) - (j.started or time.time())
             st.progress(j.progress, text=progress_line(j.progress, elapsed, j.message) if j.message else j.state.value)
             if j.state.value == "done":
-                st.success("Done: it is the newest sweep in the list above.")
-                if st.button("Show it", key=K + "live_show", on_click=st.session_state.update,
-                             args=({K + "sweep": j.result},)):  # a callback: it runs before the selector exists
+                st.success("Done: it is in the list above.")
+                if st.button("Show it", key=K + "live_show", on_click=_show, args=(j.result,)):
                     st.rerun()  # this panel is a fragment: rerun the whole page so the selector above changes
         poll_job(job, draw)
+
+
+def _show(key: str) -> None:
+    """Select a sweep of this session in the selector (as a callback it runs before the selector exists)."""
+    _remember(key)
+    st.session_state[K + "sweep"] = key
 
 
 def random_features() -> None:
@@ -238,13 +279,16 @@ def random_features() -> None:
                      help="Both on a linear axis; squared error is what the least-squares fit minimises.")
     cfg = config_or_stop(lambda: RFConfig(dataset=dataset, train_size=n, test_size=1000, kind=kind,
                                           features=features_around(n), noise=noise / 100))
-    slot = f"{K}rf_{hash(cfg)}"
-    if st.button("Compute", key=K + "rf_go") or st.session_state.get(K + "rf_last") == slot:
-        st.session_state[K + "rf_last"] = slot
+    key = job_key(RF_KIND, cfg)  # the fits' cache address: the same settings share one job, whoever asks
+    if st.button("Compute", key=K + "rf_go") or st.session_state.get(K + "rf_last") == key:
+        st.session_state[K + "rf_last"] = key
         job = get_job("dd_rf")
-        if job is None or job.name != slot:
+        if job is None or job.key != key:
             cache = app_cache()
-            job = start_job("dd_rf", lambda ctx: cached_run(cfg, cache), name=slot)
+            job = start_job("dd_rf", lambda ctx: cached_run(cfg, cache), name="random features", key=key)
+        if job is None:  # the server is busy (start_job said so): Compute again later
+            st.session_state.pop(K + "rf_last", None)
+            return
 
         def draw(j) -> None:
             if j.state.value != "done":

@@ -16,8 +16,8 @@ from explorer.core.urlstate import Param
 from explorer.data.noise import LABEL_SCHEMES, MODES
 from explorer.labs.memorisation import lab as mem
 from explorer.train.stacked import OPTIMIZER_KINDS
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, lecture_mode, plain, poll_job,
-                           settings_from_url, show_provenance, split_dash, start_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
+                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
 
 K = "mem_"  # widget-key prefix
 VIEWS = {"modes": "Corruption modes", "sweep-p": "Corruption fraction p", "sweep-width": "Width vs parameters"}
@@ -279,15 +279,20 @@ notice = mem.fallback_notice(cfg)
 if notice:
     st.warning(notice)
 
-entry = mem.cached(mem.resolve(cfg), app_cache())
+resolved = mem.resolve(cfg)
+entry = mem.cached(resolved, app_cache())
 job = get_job("memorise")
 running = job is not None and not job.is_final
 c1, c2 = st.columns([1, 4])
 if c1.button("Train", type="primary", key=K + "train", disabled=entry is not None):
-    job = start_job("memorise", mem.job(cfg, app_cache()), name=f"memorisation {view}")
+    # keyed by the result's cache address: everyone who presses Train on these settings shares one training
+    job = start_job("memorise", mem.job(cfg, app_cache()), name=f"memorisation {view}",
+                    key=job_key(mem.kind_of(resolved), resolved))
     st.session_state[K + "job_cfg"] = cfg
 if running and c2.button("Stop", key=K + "stop"):
-    job.cancel()
+    if not stop_job("memorise"):
+        st.info("Others are watching this training too: it goes on for them; you no longer follow it.")
+        job = None
 
 if entry is not None and (job is None or job.is_final or st.session_state.get(K + "job_cfg") != cfg):
     DRAW[view](entry.metrics)

@@ -17,13 +17,13 @@ import streamlit.components.v2 as components
 from explorer.core.config import check_choice
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
-from explorer.labs.optimizer_race.race import (TASK_DATASETS, SurfaceRaceConfig, TaskRaceConfig, cached_task_race,
-                                               race_surface, task_race_job)
+from explorer.labs.optimizer_race.race import (TASK_DATASETS, TASK_KIND, SurfaceRaceConfig, TaskRaceConfig,
+                                               cached_task_race, race_surface, task_race_job)
 from explorer.labs.optimizer_race.surfaces import SURFACES
 from explorer.nets.small import ARCHS, NetConfig
 from explorer.train.optimizers import LR_RANGE, OPTIMIZERS, OptimizerConfig
-from views.widgets import (app_cache, config_or_stop, get_job, plain, poll_job, settings_from_url, show_provenance,
-                           start_job)
+from views.widgets import (app_cache, config_or_stop, get_job, job_key, plain, poll_job, settings_from_url,
+                           show_provenance, start_job)
 
 K = "opt_"  # widget-key prefix
 REPLAY_CSS = """
@@ -273,7 +273,8 @@ def task_tab() -> None:
     entry = cached_task_race(cfg, cache)
     job = get_job("optrace")
     if st.button("Race on real data", type="primary", key=K + "t_go", disabled=entry is not None):
-        job = start_job("optrace", task_race_job(cfg, cache), name="optimizer race")
+        # keyed by the race's cache address: everyone racing these settings shares one computation
+        job = start_job("optrace", task_race_job(cfg, cache), name="optimizer race", key=job_key(TASK_KIND, cfg))
         st.session_state[K + "t_cfg"] = cfg
     if entry is not None and (job is None or job.is_final):
         _draw_task(entry.metrics, final=True, kinds=[r.kind for r in cfg.racers])

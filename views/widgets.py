@@ -1,4 +1,14 @@
-"""Small UI helpers shared by the pages: config errors, per-session jobs, live polling, provenance, charts."""
+"""Small UI helpers shared by the pages: config errors, per-session jobs, the queue, live polling, provenance, charts.
+
+Jobs: `start_job` submits (keyed by the result's cache key when every session asking for the same settings may
+share one computation), `get_job` finds this session's job again, `resume_job` is the Play / Step callback,
+`queue_note` says where a waiting job is in the queue, and `poll_job` redraws a panel while its job runs. A full
+queue (`Busy`) becomes a plain message for the visitor, never an exception, and the page keeps drawing.
+
+Idle pages cost nothing: a panel polls only while its job is queued or running (slowly while queued), and a
+finished job's panel reruns the page once to stop its timer. A job nobody polls is reaped by the runner after
+its orphan timeout; a page finds that out on its next run and starts over from what the session kept.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +19,10 @@ from typing import Any, Callable, TypeVar
 import altair as alt
 import streamlit as st
 
-from explorer.core.cache import Cache, Entry, default_cache
+from explorer.core.cache import Cache, Entry, default_cache, key_for
 from explorer.core.config import ConfigError
-from explorer.core.jobs import Job, JobFn, default_runner
+from explorer.core.jobs import Busy, Job, JobFn, JobState, default_runner
+from explorer.core.report import hms
 
 T = TypeVar("T")
 
@@ -52,6 +63,15 @@ def config_or_stop(build: Callable[[], T]) -> T:
         raise  # unreachable: st.stop() raises
 
 
+QUEUE_POLL_S = 1.0  # how often a panel whose job waits in the queue looks again (its position changes slowly)
+_BUSY = "_busy_"  # session-state prefix: the busy message of a slot, left by a callback for the page to show
+
+
+def job_key(kind: str, config: Any) -> str:
+    """The key that shares one job among every session asking for this result: its cache kind and address."""
+    return f"{kind}/{key_for(kind, config)}"
+
+
 def get_job(slot: str) -> Job | None:
     """The job this session keeps in `slot` (None if there is none or the runner forgot it)."""
     job_id = st.session_state.get(f"_job_{slot}")
@@ -61,25 +81,106 @@ def get_job(slot: str) -> Job | None:
     return job
 
 
-def start_job(slot: str, fn: JobFn, *, name: str = "", start_paused: bool = False) -> Job:
-    """Submit `fn` as this session's job in `slot`, cancelling the job that was there."""
+def start_job(slot: str, fn: JobFn, *, name: str = "", start_paused: bool = False,
+              key: str | None = None) -> Job | None:
+    """Submit `fn` as this session's job in `slot`, letting go of the job that was there (a job shared with other
+    sessions goes on for them). With `key` (see job_key), the unfinished job of that key is joined instead: one
+    computation for everyone who asks for the same settings. A full queue shows the busy message and gives None."""
     old = get_job(slot)
-    if old is not None and not old.is_final:
-        old.cancel()
-    job = default_runner().submit(fn, name=name or slot, owner=session_id(), start_paused=start_paused)
+    if old is not None and not old.is_final and (key is None or old.key != key):
+        old.cancel(owner=session_id())  # released: cancelled unless another session watches it too
+    try:
+        job = default_runner().submit(fn, name=name or slot, owner=session_id(), start_paused=start_paused, key=key)
+    except Busy as exc:
+        st.session_state.pop(f"_job_{slot}", None)
+        st.warning(plain(exc))
+        return None
     st.session_state[f"_job_{slot}"] = job.id
     return job
 
 
-def poll_job(job: Job, draw: Callable[[Job], Any], every: float = 0.5) -> None:
-    """Draw a job's latest state now and every `every` seconds until it is final; never blocks on training."""
+def stop_job(slot: str) -> bool:
+    """This session stops following its job in `slot`: cancelled when nobody else watches it (True), else it goes
+    on for the others and the slot is emptied (False)."""
+    job = get_job(slot)
+    if job is None or job.is_final:
+        return True
+    job.cancel(owner=session_id())
+    if job.watchers:
+        st.session_state.pop(f"_job_{slot}", None)
+        return False
+    return True
 
-    @st.fragment(run_every=every if not job.is_final else None)
+
+def resume_job(slot: str, step: bool = False) -> None:
+    """A Play (or Step) button's callback: run the slot's job (or one more step of it); when the queue is full
+    the busy message is kept for show_busy(slot), and the job stays paused."""
+    job = get_job(slot)
+    if job is None:
+        return
+    try:
+        if step:
+            job.step()
+        else:
+            job.resume()
+    except Busy as exc:
+        st.session_state[_BUSY + slot] = str(exc)
+
+
+def show_busy(slot: str) -> bool:
+    """Show (once) the busy message a callback left for `slot`; True when there was one."""
+    message = st.session_state.pop(_BUSY + slot, None)
+    if message:
+        st.warning(plain(message))
+    return bool(message)
+
+
+def queue_text(job: Job | None) -> str | None:
+    """'Waiting for a compute slot: position N of M, about T' while the job waits for admission, else None."""
+    if job is None:
+        return None
+    position = job.queue_position
+    if position is None:
+        return None
+    waiting = max(int(default_runner().stats()["queued"]), position)
+    eta = job.queue_eta_s
+    when = f"about {hms(eta)}" if eta is not None else "no estimate yet"
+    return f"Waiting for a compute slot: position {position} of {waiting}, {when}"
+
+
+def queue_note(job: Job | None) -> bool:
+    """Say where the job waits (queue_text) as an info box; True when it waits."""
+    text = queue_text(job)
+    if text is not None:
+        st.info(text + ". It starts by itself; keep this tab open.")  # our own words and numbers only
+    return text is not None
+
+
+def _cadence(job: Job, every: float) -> float | None:
+    """The panel's timer for the job's state: slow while queued, `every` while it runs, none when paused or final
+    (nothing changes then until someone presses a button, which reruns the page anyway)."""
+    if job.is_final or job.state is JobState.PAUSED:
+        return None
+    return QUEUE_POLL_S if job.state is JobState.QUEUED else every
+
+
+def poll_job(job: Job, draw: Callable[[Job], Any], every: float = 0.5) -> None:
+    """Draw a job's latest state now and again while it is queued or running; never blocks on training.
+
+    While queued the panel says where the job waits (queue_note) and looks again every QUEUE_POLL_S; once the job
+    is final, one rerun of the page stops the timer, so a finished panel costs nothing while it stays open.
+    """
+    timer = _cadence(job, every)
+
+    @st.fragment(run_every=timer)
     def _panel() -> None:
         job.touch()
+        queue_note(job)
         draw(job)
-        if job.state.value == "failed":
+        if job.state is JobState.FAILED:
             st.error("The job failed: " + plain(job.error))
+        if _cadence(job, every) != timer:
+            st.rerun()  # queued -> running, or final: the whole page again, with the timer the new state needs
 
     _panel()
 

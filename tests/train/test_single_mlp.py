@@ -164,3 +164,79 @@ def test_config_limits_refused() -> None:
         TrainConfig(optimizer="lbfgs")
     with pytest.raises(ConfigError, match="regression"):
         Trainer(MLPConfig(out_dim=1), TrainConfig(), torch.zeros(4, 2), torch.zeros(4), task="regression")
+
+
+def _playground(**settings):
+    """A Trainer on the playground's data and network for these page settings (build_config's defaults: the spiral,
+    3 x 8 tanh, Adam)."""
+    from explorer.labs.boundaries.run import build_config
+
+    cfg = build_config(**settings)
+    split = make_split(cfg.data, CPU)
+    return Trainer(cfg.model, cfg.train, split.x_train, split.y_train, split.x_test, split.y_test, task=split.task)
+
+
+def _epochs_until_stopped(tr: Trainer, epochs: int) -> Diverged | None:
+    """Train and evaluate up to `epochs`; the Diverged that stopped it, if one did."""
+    for _ in range(epochs):
+        try:
+            tr.run_epoch()
+        except Diverged as exc:
+            return exc
+        tr.evaluate()
+    return None
+
+
+def test_a_dead_network_at_lr_10_stops_within_a_few_epochs_saying_why() -> None:
+    """The page's default network at lr 10: tanh layers saturate in the first epoch (no gradient reaches them), the
+    loss stays above guessing's; it used to train on for every epoch with no message (0 of 101 weight seeds)."""
+    from explorer.train.single_mlp import FROZEN_EPOCHS
+
+    for seed in range(3):
+        exc = _epochs_until_stopped(_playground(lr=10.0, seed=seed), 50)
+        assert exc is not None and exc.epoch <= FROZEN_EPOCHS + 2
+        msg = str(exc)
+        assert "dead" in msg and "frozen" in msg and "tanh units are saturated" in msg
+        assert "Lower the learning rate (10 probably threw the weights too far; try 1)" in msg
+    relu = str(_epochs_until_stopped(_playground(lr=10.0, activation="relu", optimizer="sgd", seed=0), 50))
+    assert "ReLU units output 0 on every training point" in relu
+
+
+def test_an_exploding_loss_stops_the_run_saying_why() -> None:
+    tr = _playground(dataset="circle", activation="linear", lr=3.0, batch_size=1000, hidden=(6, 6),
+                     input_features=("x1", "x2", "x1^2", "x2^2"))
+    exc = _epochs_until_stopped(tr, 40)
+    assert exc is not None and "the training loss exploded" in str(exc) and "learning rate 3" in str(exc)
+    assert tr.history.epoch[-1] == tr.epoch - 1  # the stopping epoch finished; callers evaluate it if they draw it
+
+
+def test_runs_that_learn_are_not_stopped() -> None:
+    """Runs that fit despite a loss spike or saturated units (from the survey that set the thresholds)."""
+    for settings in (dict(dataset="xor", optimizer="sgd", lr=3.0, seed=0),  # loss 4x its start, then fits
+                     dict(dataset="xor", lr=0.3),  # Adam; 50-75% of the tanh units saturated, still fits
+                     dict(dataset="circle", activation="relu", optimizer="sgd", lr=0.3)):
+        tr = _playground(**settings)
+        assert _epochs_until_stopped(tr, 80) is None, settings
+        assert tr.history.train_acc[-1] >= 0.9, settings
+
+
+def test_non_finite_data_is_refused_as_a_data_error_not_blamed_on_the_learning_rate() -> None:
+    x = torch.randn(20, 2)
+    y = torch.randn(20)
+    y[3] = float("inf")
+    with pytest.raises(ConfigError, match="training labels hold 1 value.*not finite.*error in the data"):
+        Trainer(MLPConfig(out_dim=1), TrainConfig(loss="mse"), x, y, task="regression")
+    x[0, 1] = float("nan")
+    with pytest.raises(ConfigError, match="training inputs"):
+        Trainer(MLPConfig(out_dim=1), TrainConfig(loss="mse"), x, torch.zeros(20), task="regression")
+
+
+def test_evaluate_reuses_the_health_check_forward_and_gives_the_same_numbers() -> None:
+    tr = _playground(hidden=(4, 3), dropout=0.2)
+    tr.run_epoch()
+    got = tr.evaluate()
+    want = {"train_loss": tr.loss(tr.x_train, tr.y_train_t), "test_loss": tr.loss(tr.x_test, tr.y_test_t),
+            "train_acc": tr.accuracy(tr.x_train, tr.y_train), "test_acc": tr.accuracy(tr.x_test, tr.y_test)}
+    assert got == pytest.approx({k: float(v) for k, v in want.items()}, abs=1e-6)
+    tr.load_state_dict({k: v * 0.5 for k, v in tr.state_dict().items()})  # new weights: no stale reuse
+    assert tr.evaluate()["train_loss"] == pytest.approx(float(tr.loss(tr.x_train, tr.y_train_t)), abs=1e-6)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer.core.jobs import JobState
 from explorer.labs.boundaries.run import build_config
 
 PAGE = str(Path(__file__).resolve().parents[2] / "views" / "boundaries.py")
@@ -154,3 +155,98 @@ def test_settings_line_and_network_graph_are_shown() -> None:
     svg = [m for m in at.markdown if m.value.startswith("<svg")]
     # two classes drawn as one output tile: one line from each last hidden neuron to it
     assert len(svg) == 1 and svg[0].value.count("<title>weight") == 2 * 4 + 4 * 3 + 3 * 1
+
+
+@pytest.fixture
+def one_place(monkeypatch: pytest.MonkeyPatch):
+    """A runner that admits one training at a time with one waiting place, used by the page; and a blocker: another
+    student's training holding the place until `release()`."""
+    import threading
+
+    from explorer.core.jobs import JobRunner
+
+    runner = JobRunner(max_running=1, max_jobs=2, max_queue=1, orphan_timeout=0.3, reap_interval=3600)
+    monkeypatch.setattr("views.widgets.default_runner", lambda: runner)
+    done = threading.Event()
+
+    def other(ctx) -> None:
+        ctx.publish(progress=0.1)
+        while not done.wait(0.01):
+            ctx.checkpoint()
+
+    blocker = runner.submit(other, name="another student", owner="someone else")
+    _wait(lambda: blocker.state is JobState.RUNNING)
+    yield runner, done.set
+    done.set()
+    runner.shutdown()
+
+
+def test_a_waiting_student_sees_the_start_state_and_the_queue_position(one_place) -> None:
+    runner, release = one_place
+    at = _app(speed="0", epochs="100000")
+    assert not at.exception
+    assert _stats(at).startswith("**Epoch 0**")  # drawn at once, whatever the queue
+    assert len(at.get("image")) == 2  # the boundary and the loss curves
+    at.button(key="pg_btn_play").click().run()
+    assert not at.exception
+    job = runner.get(at.session_state["_job_playground"])
+    assert job.state is JobState.QUEUED and job.queue_position == 1
+    stats = _stats(at)
+    assert stats.startswith("**Epoch 0**") and "Waiting for a compute slot: position 1 of 1, " in stats
+    assert "about " in stats or "no estimate yet" in stats
+    release()  # the other training ends: this one is admitted and trains
+    run = _run(at)
+    _wait(lambda: run.trainer.epoch > 2)
+    at.run()
+    assert "Waiting" not in _stats(at)
+
+
+def test_a_full_queue_says_busy_and_the_run_stays_paused(one_place) -> None:
+    runner, _ = one_place
+    runner.submit(lambda ctx: None, name="a third student")  # takes the one waiting place
+    at = _app(speed="0", epochs="100000")
+    at.button(key="pg_btn_play").click().run()
+    assert not at.exception
+    warnings = " ".join(w.value.replace("\\", "") for w in at.warning)
+    assert "The server is busy" in warnings and "Try again in a minute" in warnings
+    assert _stats(at).startswith("**Epoch 0**")
+    assert not at.button(key="pg_btn_play").disabled  # still paused: Play again later
+    job = runner.get(at.session_state["_job_playground"])
+    assert job.pause_requested and job.state is not JobState.QUEUED
+
+
+def test_a_paused_run_reaped_while_the_tab_was_idle_goes_on_where_it_stopped(monkeypatch) -> None:
+    """An idle paused tab polls nothing, so the runner cancels its job after orphan_timeout; the session kept the run,
+    and Play (or Step) continues it from the same weights and epoch."""
+    from explorer.core.jobs import JobRunner
+
+    runner = JobRunner(max_running=2, orphan_timeout=0.2, reap_interval=3600)
+    monkeypatch.setattr("views.widgets.default_runner", lambda: runner)
+    try:
+        at = _app(speed="0", epochs="100000")
+        run = _run(at)
+        at.button(key="pg_btn_step").click().run()
+        _wait(lambda: run.trainer.epoch == 1)
+        old = runner.get(at.session_state["_job_playground"])
+        _wait(lambda: old.state is JobState.PAUSED)
+        weights = run.trainer.state_dict()
+        time.sleep(0.3)
+        assert old in runner.reap() and old.wait(10) and old.state is JobState.CANCELLED
+        at.button(key="pg_btn_step").click().run()  # the student comes back: Step trains epoch 2 of the same run
+        assert not at.exception
+        assert _run(at) is run
+        _wait(lambda: run.trainer.epoch == 2)
+        new = runner.get(at.session_state["_job_playground"])
+        assert new is not old and not new.is_final
+        at.run()
+        assert _stats(at).startswith("**Epoch 2**")
+        assert any(not torch_equal(weights[k], v) for k, v in run.trainer.state_dict().items())
+    finally:
+        runner.shutdown()
+
+
+def torch_equal(a, b) -> bool:
+    """Whether two tensors are equal."""
+    import torch
+
+    return bool(torch.equal(a, b))

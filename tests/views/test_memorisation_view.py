@@ -110,3 +110,28 @@ def test_out_of_range_link_settings_are_refused_not_crashed(params: dict, fragme
     assert not at.exception
     shown = " ".join(w.value.replace("\\", "") for w in at.warning)
     assert "refused" in shown and fragment in shown
+
+
+def test_students_training_the_same_settings_share_one_job(page_cache) -> None:
+    """Keyed by the result's cache address: a second session pressing Train on the same settings joins the first
+    one's training (one computation, both see its live curves) instead of starting its own."""
+    from explorer.core.jobs import default_runner
+
+    sessions = []
+    for student in ("student-1", "student-2"):
+        at = AppTest.from_file(PAGE, default_timeout=60)
+        at.session_state["_session_id"] = student  # AppTest gives every session the same id
+        at.query_params.update({"n_train": "500", "width": "8", "max_epochs": "2000"})  # long: still running
+        at.run()
+        at.multiselect(key="mem_modes").set_value(["true_labels", "random_labels"]).run()
+        at.button(key="mem_train").click().run()
+        assert not at.exception
+        sessions.append(at)
+    ids = {at.session_state["_job_memorise"] for at in sessions}
+    assert len(ids) == 1
+    job = default_runner().get(ids.pop())
+    assert job.watchers == {"student-1", "student-2"}
+    for at in sessions:
+        assert at.get("progress"), "both follow the one training"
+    job.cancel()
+    assert job.wait(30)

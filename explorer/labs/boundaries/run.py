@@ -151,6 +151,12 @@ class PlaygroundRun:
                 self.message = "Loaded a finished run with these settings from the cache."
         if not self.trainer.history.epoch:
             self.trainer.evaluate()  # epoch 0: the curves start at the initial weights
+        self.start_state = self.snapshot()  # drawn at once, before (and whatever) the job publishes
+
+    def restart(self) -> None:
+        """Before a new job continues this run (its last one was reaped while the page sat idle): the state to
+        draw at once is where training stopped. Call only while no job trains the run."""
+        self.start_state = self.snapshot()
 
     # --- controls (any thread) -----------------------------------------------------------------
     def set_lr(self, lr: float) -> None:
@@ -183,6 +189,8 @@ class PlaygroundRun:
             try:
                 tr.run_epoch()
             except Diverged as exc:
+                if tr.history.epoch and tr.history.epoch[-1] < tr.epoch:  # stopped after a finite epoch: draw it
+                    tr.evaluate()
                 self.status, self.message = "diverged", str(exc)
                 ctx.publish(self.snapshot("diverged"), message=self.message)
                 return {"diverged": str(exc)}
@@ -200,8 +208,10 @@ class PlaygroundRun:
         return {"epochs": tr.epoch}
 
     def _pace(self, ctx: JobContext, until: float) -> None:
-        while (left := until - time.perf_counter()) > 0 and not ctx.cancelled and not ctx.pausing:
-            time.sleep(min(left, 0.02))
+        """Wait until `until` (perf_counter) without holding a compute slot; back early when paused or cancelled."""
+        left = until - time.perf_counter()
+        if left > 0:
+            ctx.sleep(left)
 
     def _apply_controls(self) -> None:
         with self._lock:

@@ -210,3 +210,40 @@ def test_the_default_shows_the_spiral_forming_within_seconds() -> None:
     for _ in range(150):
         tr.run_epoch()
     assert tr.evaluate()["test_acc"] >= 0.95
+
+
+def test_paced_runs_sleep_without_holding_a_compute_slot(tmp_path) -> None:
+    """Two runs paced at 5 epochs/s share one compute slot and both advance; between epochs they sleep (state
+    SLEEPING) and hold no slot, so a third job computes meanwhile."""
+    runner = JobRunner(max_running=3, max_jobs=1)
+    try:
+        runs = [PlaygroundRun(build_config(epochs=100_000, hidden=(4,), seed=s), device=CPU, cache=Cache(tmp_path))
+                for s in range(2)]
+        for run in runs:
+            run.set_speed(5)
+        jobs = [runner.submit(run.job) for run in runs]
+        states, computing = [], []
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            states.append([job.state for job in jobs])
+            computing.append(runner.running_count())
+            time.sleep(0.01)
+        assert all(run.trainer.epoch >= 4 for run in runs)
+        assert sum(JobState.SLEEPING in s for s in states) > 0.8 * len(states)
+        assert sum(c == 0 for c in computing) > 0.5 * len(computing)  # the slot is mostly free
+        other = runner.submit(lambda ctx: sum(range(100_000)))
+        assert other.wait(2) and other.state is JobState.DONE
+        run = runs[0]
+        jobs[0].pause()
+        _wait(lambda: jobs[0].state is JobState.PAUSED)  # a pause cuts the pacing sleep short
+        assert run.trainer.epoch == jobs[0].snapshot.epoch
+    finally:
+        runner.shutdown()
+
+
+def test_the_start_state_is_ready_before_any_job_runs(tmp_path) -> None:
+    """What the page draws at once, whatever the queue: the run's epoch-0 state, computed when the run is made."""
+    run = PlaygroundRun(build_config(hidden=(4,)), device=CPU, cache=Cache(tmp_path))
+    snap = run.start_state
+    assert snap.epoch == 0 and snap.status == "ready" and snap.history["epoch"] == [0]
+    assert snap.field.shape == (GRID, GRID)
