@@ -100,9 +100,11 @@ def _controls(hide: set[str]) -> tuple[dict, object, str]:
         if s[K + "dataset"] == UPLOAD:
             f = st.file_uploader("Your points: CSV with x1, x2, label", type=["csv"], key=K + "upload")
             if f is None:
-                st.info("Upload a CSV with columns x1, x2, label (label 0-9 for classes, any number for regression).")
+                st.info("Upload a CSV with columns x1, x2, label: up to 10 distinct whole-number labels are classes; "
+                        "labels written with a decimal point (1.5, 2.0) are a regression target.")
                 st.stop()
             upload, upload_sha = config_or_stop(lambda: parse_points_csv(f.getvalue()))
+            st.caption("Understood: " + plain(upload.summary))
         if "features" not in hide:
             # a multiselect, not pills: seven pills overflow a narrow column at 1280 px and clip
             st.multiselect("Input features", list(INPUT_FEATURES), key=K + "features")

@@ -21,8 +21,9 @@ from explorer.core.config import ConfigError
 from explorer.core.config import shown as shown_value  # a refused value, cut to a readable length
 from explorer.core.report import hms, progress_line
 from explorer.labs.double_descent.random_features import KINDS, RF_KIND, RFConfig, cached_run, features_around
-from explorer.labs.double_descent.results import (clearest_sweep, describe, interpolation_threshold, list_sweeps,
-                                                  peak_rise, recompute_command, sweep_frame)
+from explorer.labs.double_descent.results import (clearest_sweep, describe, engine_note, interpolation_threshold,
+                                                  list_sweeps, peak_rise, recipe_line, recompute_command,
+                                                  sweep_frame)
 from explorer.labs.double_descent.run import plan_sweep, run_sweep
 from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, SWEEP_KIND, live_spec
 from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
@@ -38,6 +39,7 @@ METRIC_LABELS = {"test_err": "test error (clean labels)", "test_err_noisy": "tes
 LIVE_PRESETS = {"the peak (500 epochs)": ((4, 8, 16, 25, 32, 40, 50, 64, 100, 200), 15, 500),
                 "quick look (30 epochs: error falls with width, no peak yet)": ((4, 16, 64), 15, 30)}
 RF_METRICS = {"classification error": ("test_err", "train_err"), "squared error": ("test_mse", "train_mse")}
+RF_BANDWIDTHS = ("median", 1.0, 2.0, 5.0, 10.0)  # Fourier features' sigma choices ("median": pairwise distance)
 RF_CLIP = 4.0  # the squared-error axis ends at this many times the median test error, so the peak's sides show
 
 
@@ -159,6 +161,9 @@ def sweep_view() -> None:
                 "`python -m explorer sweep sweeps/mnist1d_mlp.toml`.")
         return
     entry = entries[key]
+    st.caption("Recipe: " + plain(recipe_line(entry)))
+    if note := engine_note(entry):
+        st.warning(plain(note))
     show_provenance(entry, recompute=recompute_command(entry), compute_s=entry.metrics.get("points_wall_time_s"))
     df = _frame(key)
     epochs = sorted(df["epoch"].unique())
@@ -275,10 +280,16 @@ def random_features() -> None:
     n = c2.select_slider("Train points n", [100, 200, 300, 500, 800, 1000], value=300, key=K + "rf_n")
     kind = c3.radio("Features", KINDS, horizontal=True, key=K + "rf_kind")
     noise = c4.slider("Label noise (%)", 0, 50, 0, key=K + "rf_noise")
-    shown = st.radio("Show", list(RF_METRICS), horizontal=True, key=K + "rf_metric",
-                     help="Both on a linear axis; squared error is what the least-squares fit minimises.")
+    a, b = st.columns([3, 1])
+    shown = a.radio("Show", list(RF_METRICS), horizontal=True, key=K + "rf_metric",
+                    help="Both on a linear axis; squared error is what the least-squares fit minimises.")
+    bandwidth = b.selectbox("Fourier bandwidth sigma", RF_BANDWIDTHS, key=K + "rf_sigma", disabled=kind != "fourier",
+                            format_func=lambda v: "median pairwise distance" if v == "median" else f"sigma = {v:g}",
+                            help="Random Fourier features cos(x W / sigma + b); Belkin et al. use sigma = 5 on "
+                                 "MNIST-like images.")
     cfg = config_or_stop(lambda: RFConfig(dataset=dataset, train_size=n, test_size=1000, kind=kind,
-                                          features=features_around(n), noise=noise / 100))
+                                          features=features_around(n), noise=noise / 100,
+                                          bandwidth=bandwidth if kind == "fourier" else "median"))
     key = job_key(RF_KIND, cfg)  # the fits' cache address: the same settings share one job, whoever asks
     if st.button("Compute", key=K + "rf_go") or st.session_state.get(K + "rf_last") == key:
         st.session_state[K + "rf_last"] = key

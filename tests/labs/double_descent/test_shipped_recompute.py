@@ -27,9 +27,6 @@ from explorer.labs.double_descent.train import numerics_probe
 # Shipped sweeps whose recompute is known to differ from what is shipped, until they are re-shipped with the command
 # given. Strict: once a re-shipped entry reproduces, the test passes unexpectedly and fails, and its name goes here.
 AWAITING_RESHIP = {
-    "fashion-rf": "shipped with random-features engine v1 (a fresh draw and SVD per point, median bandwidth); "
-                  "sweeps/fashion_rf.toml now asks for sigma = 5 and nested features: "
-                  "python -m explorer sweep sweeps/fashion_rf.toml --ship",
     "mnist1d-mlp": "the shipped numbers (git:81a181b) are not what this machine computes, not even with that commit's "
                    "code: the first 20 epochs of all 36 points of the first group differ in the last float bits "
                    "from epoch 1 to 18 (other float kernels where it was shipped); re-ship: "
@@ -54,7 +51,7 @@ def test_sweeps_are_shipped() -> None:
     assert len(_shipped()) >= 4, "no shipped sweep found in cache/shipped"
 
 
-@pytest.mark.parametrize("entry", _params({"fashion-rf": AWAITING_RESHIP["fashion-rf"]}))
+@pytest.mark.parametrize("entry", _params({}))
 def test_every_shipped_sweep_matches_its_spec_file(entry: Entry) -> None:
     """Each shipped summary was computed from the spec file in sweeps/ that has its name, unchanged."""
     path = spec_file(entry.config["name"])
