@@ -10,6 +10,7 @@ cache address) and sees its progress.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import altair as alt
@@ -247,7 +248,9 @@ def live_sweep() -> None:
             st.rerun()  # the selector above is drawn already: it takes the sweep on the next run
 
         def job(ctx):
-            return run_sweep(spec, cache=cache, report=ctx).entry.key
+            # With RAY_ADDRESS set, the sweep's groups train on that Ray cluster and come back to this server's cache.
+            backend = "ray" if os.environ.get("RAY_ADDRESS") else "local"
+            return run_sweep(spec, cache=cache, report=ctx, backend=backend).entry.key
 
         # keyed by the summary's cache address: everyone computing these settings shares this one job
         _remember(key_for(SWEEP_KIND, spec))

@@ -27,10 +27,6 @@ from explorer.labs.double_descent.train import numerics_probe
 # Shipped sweeps whose recompute is known to differ from what is shipped, until they are re-shipped with the command
 # given. Strict: once a re-shipped entry reproduces, the test passes unexpectedly and fails, and its name goes here.
 AWAITING_RESHIP = {
-    "mnist1d-mlp": "the shipped numbers (git:81a181b) are not what this machine computes, not even with that commit's "
-                   "code: the first 20 epochs of all 36 points of the first group differ in the last float bits "
-                   "from epoch 1 to 18 (other float kernels where it was shipped); re-ship: "
-                   "python -m explorer sweep sweeps/mnist1d_mlp.toml --force --ship",
 }
 
 
