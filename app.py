@@ -9,7 +9,10 @@ import streamlit as st
 
 from explorer.core import settings
 from explorer.core.device import configure_threads
+from explorer.core.jobs import default_runner
+from explorer.core.status import configure_logging, start_status_log
 from views.registry import LABS
+from views.widgets import watch_sessions
 
 log = logging.getLogger("explorer.app")
 
@@ -26,6 +29,16 @@ def home() -> None:
         with cols[i % 2].container(border=True):
             st.page_link(info.path, label=f"**{info.title}**", icon=info.icon)
             st.caption(info.see)
+
+
+def _sessions() -> int | None:
+    """Browser sessions connected to this server now (Streamlit's runtime), for the status log line."""
+    try:
+        from streamlit.runtime import Runtime
+
+        return Runtime.instance()._session_mgr.num_active_sessions()  # no public API for the count
+    except Exception:  # no runtime (AppTest, bare mode) or a Streamlit without this attribute
+        return None
 
 
 def signed_in() -> bool:
@@ -51,6 +64,9 @@ def signed_in() -> bool:
 
 
 configure_threads()
+configure_logging()  # job tracebacks and the status line go to the server's log
+start_status_log(default_runner(), settings.current().status_log_s, _sessions)  # once per process; 0: off
+watch_sessions()  # once per process: a closed tab's jobs are released within seconds
 st.set_page_config(page_title="explorer", page_icon=FAVICON, layout="wide")
 if not signed_in():
     st.stop()

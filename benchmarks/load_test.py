@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = "boundaries"
 QUEUE_WORDS = re.compile(r"position \d+|Waiting for a compute slot|server is busy", re.I)
 EPOCH = re.compile(r"Epoch ([\d,]+)")
-STATUS = re.compile(r"running[= ](\d+).*?computing[= ](\d+)")
+STATUS = re.compile(r"(\d+) running \((\d+) computing")  # explorer.core.status.status_line
+STATUS_FULL = re.compile(r"jobs: (\d+) queued.*?, (\d+) running")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Session:
     updates: int = 0
     update_times: list[float] = field(default_factory=list)
     queue_notes: int = 0
+    last_note: str = ""
     busy: bool = False
     errors: list[str] = field(default_factory=list)
     last_epoch: str = "0"
@@ -80,8 +82,9 @@ def _texts(fm: ForwardMsg) -> list[str]:
     return []
 
 
-async def run_session(s: Session, url: str, seconds: float, click_after: float, stop_at: float) -> None:
-    """Open the page, press Play, follow the fragment timers until stop_at, then press Pause."""
+async def run_session(s: Session, url: str, seconds: float, click_after: float, stop_at: float,
+                      close: bool = True) -> None:
+    """Open the page, press Play, follow the fragment timers until stop_at, then close the tab (or press Pause)."""
     query = f"seed={s.index + 1}"
     try:
         async with websockets.connect(url, subprotocols=["streamlit"], max_size=None, open_timeout=60,
@@ -97,6 +100,8 @@ async def run_session(s: Session, url: str, seconds: float, click_after: float, 
             paused = False
             while True:
                 now = time.monotonic()
+                if now >= stop_at and close:
+                    return  # the student closes the tab mid-run: the server must let go of the job by itself
                 if now >= stop_at and not paused and "Pause" in buttons:
                     await _click(ws, page_hash, query, buttons["Pause"])
                     paused, stop_at = True, now + 3.0
@@ -139,6 +144,7 @@ async def run_session(s: Session, url: str, seconds: float, click_after: float, 
                     t = time.monotonic()
                     if s.clicked is not None and QUEUE_WORDS.search(text):
                         s.queue_notes += 1
+                        s.last_note = QUEUE_WORDS.search(text).string[:160]
                         s.busy |= "busy" in text.lower()
                         if s.first_note_s is None:
                             s.first_note_s = t - s.clicked
@@ -218,7 +224,7 @@ def start_server(port: int, env_extra: dict[str, str], log_path: Path) -> subpro
 
 
 def run(sessions: int = 30, seconds: float = 120.0, ramp_s: float = 5.0, limits: dict[str, str] | None = None,
-        quiet: bool = False) -> dict:
+        quiet: bool = False, idle_s: float = 10.0) -> dict:
     """Run the load test and return its figures (also printed unless quiet)."""
     port = _free_port()
     work = Path(tempfile.mkdtemp(prefix="explorer-load-"))
@@ -250,9 +256,18 @@ def run(sessions: int = 30, seconds: float = 120.0, ramp_s: float = 5.0, limits:
             await asyncio.gather(everyone(), watch())
 
         asyncio.run(main())
-        # idle: sessions paused and closed; the server with nothing to do
+        # every tab closed mid-run: how long until the server has let go of their jobs (status line: 0 running)
+        closed = time.monotonic()
+        released_s = None
+        while time.monotonic() - closed < 90:
+            lines = STATUS_FULL.findall(log_path.read_text(errors="replace"))
+            if lines and lines[-1] == ("0", "0") and time.monotonic() - closed > 1.5:
+                released_s = time.monotonic() - closed
+                break
+            time.sleep(0.5)
+        # idle: the server with nothing to do
         cpu0, w0 = _cpu_s(proc.pid), time.monotonic()
-        time.sleep(10.0)
+        time.sleep(idle_s)
         idle_cores = (_cpu_s(proc.pid) - cpu0) / (time.monotonic() - w0)
         rss_after = _rss_mb(proc.pid)
     finally:
@@ -263,7 +278,9 @@ def run(sessions: int = 30, seconds: float = 120.0, ramp_s: float = 5.0, limits:
             proc.kill()
     log_text = log_path.read_text(errors="replace")
     counts = [(int(a), int(b)) for a, b in STATUS.findall(log_text)]
-    tracebacks = log_text.count("Traceback")
+    # the app's own tracebacks (a job or page that failed); Streamlit logs one per websocket a client drops
+    tracebacks = sum(str(ROOT) in block or "explorer" in block for block in log_text.split("Traceback")[1:]
+                     if "WebSocketDisconnected" not in block and "websocket" not in block.lower())
     running = [s for s in people if s.updates > 0]
     first = sorted(x for s in people for x in [s.first_update_s if s.first_update_s is not None else s.first_note_s]
                    if x is not None)
@@ -276,11 +293,13 @@ def run(sessions: int = 30, seconds: float = 120.0, ramp_s: float = 5.0, limits:
         "max_computing": max((b for _, b in counts), default=None), "status_lines": len(counts),
         "sessions_with_updates": len(running), "sessions_shown_queue": sum(s.queue_notes > 0 for s in people),
         "sessions_busy": sum(s.busy for s in people), "sessions_shown_nothing": unseen,
+        "queue_note_samples": sorted({s.last_note for s in people if s.last_note})[:3],
         "first_response_p50_s": statistics.median(first) if first else None,
         "first_response_p95_s": first[min(len(first) - 1, int(0.95 * len(first)))] if first else None,
         "updates_per_s_min": rates[0] if rates else None,
         "updates_per_s_median": statistics.median(rates) if rates else None,
         "rss_mb_before": round(rss_before), "rss_mb_peak": round(peak["rss"]), "rss_mb_after": round(rss_after),
+        "closed_tabs_released_s": None if released_s is None else round(released_s, 1),
         "idle_cores": round(idle_cores, 3), "log": str(log_path),
     }
     if not quiet:

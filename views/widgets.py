@@ -12,7 +12,9 @@ its orphan timeout; a page finds that out on its next run and starts over from w
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
@@ -25,6 +27,7 @@ from explorer.core.jobs import Busy, Job, JobFn, JobState, default_runner
 from explorer.core.report import hms
 
 T = TypeVar("T")
+log = logging.getLogger("explorer.views")
 
 
 def session_id() -> str:
@@ -35,6 +38,46 @@ def session_id() -> str:
         ctx = get_script_run_ctx()
         st.session_state["_session_id"] = ctx.session_id if ctx else f"local-{time.time_ns()}"
     return st.session_state["_session_id"]
+
+
+SESSION_WATCH_S = 5.0  # how often the server looks for closed tabs
+SESSION_GRACE_S = 10.0  # a tab gone this long (not a reconnect) lets go of its jobs
+_watch_lock = threading.Lock()
+_watching = False
+
+
+def connected_sessions() -> set[str] | None:
+    """The ids of the browser sessions connected to this server now (Streamlit's runtime; None without one)."""
+    try:
+        from streamlit.runtime import Runtime
+
+        return {info.session.id for info in Runtime.instance()._session_mgr.list_active_sessions()}
+    except Exception:  # no runtime (AppTest, bare mode), or a Streamlit without this (private) attribute
+        return None
+
+
+def watch_sessions() -> None:
+    """Once per server process: every SESSION_WATCH_S, the jobs of tabs closed for SESSION_GRACE_S are released
+    (cancelled unless another session shares them), so a closed tab frees its compute in seconds, not after the
+    runner's orphan timeout."""
+    global _watching
+    with _watch_lock:
+        if _watching or connected_sessions() is None:
+            return
+        _watching = True
+
+    def loop() -> None:
+        runner = default_runner()
+        while True:
+            time.sleep(SESSION_WATCH_S)
+            try:
+                alive = connected_sessions()
+                if alive is not None:
+                    runner.release_gone(alive, SESSION_GRACE_S)
+            except Exception:  # the watcher must outlive any one bad pass
+                log.exception("releasing the jobs of closed sessions failed")
+
+    threading.Thread(target=loop, name="session-watch", daemon=True).start()
 
 
 def app_cache() -> Cache:

@@ -568,6 +568,7 @@ class JobRunner:
         self._backend = self._make_backend(backend)
         self._lock = threading.RLock()  # one lock for the scheduler and every job's state
         self._jobs: dict[str, Job] = {}
+        self._absent_since: dict[str, float] = {}  # watcher -> when release_gone first missed it
         self._keyed: dict[str, Job] = {}  # key -> its unfinished job
         self._admission: collections.deque[Job] = collections.deque()  # QUEUED jobs, first come first
         self._admitted: set[Job] = set()
@@ -648,6 +649,30 @@ class JobRunner:
         with self._lock:
             jobs = list(self._jobs.values())
             return [job for job in jobs if owner is None or job.owner == owner or owner in job._watchers]
+
+    def release_gone(self, alive: set[str], grace_s: float = 10.0) -> int:
+        """Release the watchers that are not in `alive` (the server's connected sessions) and have been gone for
+        grace_s (a reconnecting tab keeps its jobs); a job whose last watcher left is cancelled. Returns how many
+        watchers were released. The app calls this every few seconds, so a closed tab's training stops within
+        about grace_s instead of orphan_timeout."""
+        now = time.monotonic()
+        released = 0
+        absent = self._absent_since
+        owners = {w for job in self.jobs() if not job.is_final for w in job.watchers}
+        for owner in list(absent):
+            if owner in alive or owner not in owners:
+                absent.pop(owner, None)
+        for owner in owners - alive:
+            since = absent.setdefault(owner, now)
+            if now - since < grace_s:
+                continue
+            for job in self.jobs(owner):
+                if not job.is_final and owner in job.watchers:
+                    log.info("releasing job %s (%s): its session %s is gone", job.id, job.name, owner)
+                    job.release(owner)
+                    released += 1
+            absent.pop(owner, None)
+        return released
 
     def running_count(self) -> int:
         """How many jobs hold a compute slot right now."""

@@ -43,7 +43,7 @@ class Settings:
 
     # jobs: the background runner shared by every visitor
     max_jobs: int = 2  # compute slots: trainings that compute at this instant (sleeping and paused ones hold none)
-    max_running: int = 6  # trainings admitted at once (computing, or sleeping between paced epochs); others queue
+    max_running: int = 4  # trainings admitted at once (computing, or sleeping between paced epochs); others queue
     slice_s: float = 0.5  # a job that computed this long while others wait for a slot yields it (round robin)
     max_queue: int = 24  # trainings waiting to be admitted; more get "the server is busy, try again in a minute"
     orphan_timeout_s: float = 120.0  # a job whose browser tab stopped polling is cancelled after this

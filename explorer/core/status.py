@@ -181,3 +181,23 @@ def start_status_log(runner: JobRunner, interval_s: float,
         _logs[runner] = status
         status.thread.start()
         return status.thread
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> bool:
+    """Give the `explorer` loggers a handler on stderr (the server's log), once per process; True when added.
+
+    Streamlit configures only its own loggers, so without this the status line, reaped jobs and every job's
+    traceback (which must reach the operator's log, never the browser) would be dropped."""
+    logger = logging.getLogger("explorer")
+    if any(getattr(h, "_explorer", False) for h in logger.handlers):
+        return False
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler._explorer = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return True

@@ -447,3 +447,26 @@ def test_a_live_run_back_from_its_sleep_waits_only_a_tenth_of_a_slice(make_runne
     time.sleep(1.0)
     assert epochs[0] - start >= 6, epochs  # waiting a whole 0.5 s slice each time would give ~2
     assert sweep[0] > 300  # and the sweep keeps most of the slot
+
+
+def test_jobs_of_sessions_that_are_gone_are_released_after_a_grace_period() -> None:
+    """A closed tab's training stops within the grace period; a shared job lives on for the sessions still there."""
+    from explorer.core.jobs import JobRunner
+
+    runner = JobRunner(max_running=2, orphan_timeout=60)
+    try:
+        def forever(ctx):
+            while True:
+                ctx.checkpoint()
+                ctx.sleep(0.01)
+
+        mine = runner.submit(forever, owner="gone")
+        shared = runner.submit(forever, owner="gone", key="k")
+        assert runner.submit(forever, owner="here", key="k") is shared
+        assert runner.release_gone({"here"}, grace_s=0.2) == 0  # just noticed: within the grace period
+        time.sleep(0.25)
+        assert runner.release_gone({"here"}, grace_s=0.2) == 2
+        assert mine.wait(5) and mine.state.value == "cancelled"
+        assert not shared.is_final and shared.watchers == frozenset({"here"})
+    finally:
+        runner.shutdown()
