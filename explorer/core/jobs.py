@@ -843,6 +843,10 @@ class JobRunner:
         """Seconds until the job at this queue position is admitted, or None without anything to go on."""
         now = time.monotonic()
         mean = sum(self._durations) / len(self._durations) if self._durations else None
+        if mean is None:  # nothing finished yet: a queued job is taken to last as long as the running ones will
+            totals = [job._admitted_time(now) / job._progress for job in self._admitted
+                      if 0 < job._progress < 1 and job._admitted_time(now) > 0]
+            mean = sum(totals) / len(totals) if totals else None
         free: list[float] = []
         for job in self._admitted:
             spent = job._admitted_time(now)
