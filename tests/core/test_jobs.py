@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -34,22 +34,6 @@ def counting(units: int = 1_000_000, delay: float = 0.002) -> Callable[[JobConte
         return units
 
     return fn
-
-
-@pytest.fixture
-def make_runner() -> Iterator[Callable[..., JobRunner]]:
-    """Build runners (reaper effectively off unless asked) and shut them all down afterwards."""
-    runners: list[JobRunner] = []
-
-    def make(**kwargs: Any) -> JobRunner:
-        kwargs.setdefault("reap_interval", 60.0)
-        runner = JobRunner(**kwargs)
-        runners.append(runner)
-        return runner
-
-    yield make
-    for runner in runners:
-        runner.shutdown(timeout=2.0)
 
 
 def test_job_completes_with_result_and_full_progress(make_runner):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import pytest
 import torch
@@ -24,22 +24,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> Non
         if time.monotonic() > deadline:
             pytest.fail("condition not reached in time")
         time.sleep(0.002)
-
-
-@pytest.fixture
-def make_runner() -> Iterator[Callable[..., JobRunner]]:
-    """Build runners (reaper effectively off unless asked) and shut them all down afterwards."""
-    runners: list[JobRunner] = []
-
-    def make(**kwargs: Any) -> JobRunner:
-        kwargs.setdefault("reap_interval", 60.0)
-        runner = JobRunner(**kwargs)
-        runners.append(runner)
-        return runner
-
-    yield make
-    for runner in runners:
-        runner.shutdown(timeout=2.0)
 
 
 def gate(event: threading.Event, progress: float | None = None) -> Callable[[JobContext], str]:
@@ -451,7 +435,6 @@ def test_a_live_run_back_from_its_sleep_waits_only_a_tenth_of_a_slice(make_runne
 
 def test_jobs_of_sessions_that_are_gone_are_released_after_a_grace_period() -> None:
     """A closed tab's training stops within the grace period; a shared job lives on for the sessions still there."""
-    from explorer.core.jobs import JobRunner
 
     runner = JobRunner(max_running=2, orphan_timeout=60)
     try:
