@@ -28,6 +28,15 @@ from explorer.labs.double_descent.train import numerics_probe
 # given. Strict: once a re-shipped entry reproduces, the test passes unexpectedly and fails, and its name goes here.
 AWAITING_RESHIP = {
 }
+# Shipped before summaries recorded the numerics fingerprint (numerics_probe), so the test cannot tell the kernels
+# they were computed with from others: exact on those (CI passed on them at e095ff5), a few last bits apart from the
+# first epoch on other CPUs' convolution kernels (2026-12-02's machine: epoch-1 train loss 2.3323450 vs shipped
+# 2.3323929). Not strict, because which CPU a CI run gets varies; re-shipping records the fingerprint and removes them.
+NO_FINGERPRINT = {
+    "fashion-cnn5": "no numerics fingerprint; re-ship: python -m explorer sweep sweeps/fashion_cnn5.toml --ship (18 min)",
+    "fashion-cnn5-noise40": "no numerics fingerprint; re-ship: python -m explorer sweep "
+                            "sweeps/fashion_cnn5_noise40.toml --ship (43 min)",
+}
 
 
 def _shipped() -> list[Entry]:
@@ -35,12 +44,20 @@ def _shipped() -> list[Entry]:
     return [e for e in Cache(Path(tempfile.mkdtemp(prefix="dd-shipped-"))).entries(SWEEP_KIND) if e.shipped]
 
 
-def _params(reason_for: dict[str, str]) -> list:
-    """One test case per shipped sweep, id'd by its name; strict xfail where `reason_for` names it."""
-    return [pytest.param(e, id=e.config["name"],
-                         marks=[pytest.mark.xfail(strict=True, reason=reason_for[e.config["name"]])]
-                         if e.config["name"] in reason_for else [])
-            for e in _shipped()]
+def _params(reason_for: dict[str, str], unsure: dict[str, str] | None = None) -> list:
+    """One test case per shipped sweep, id'd by its name; strict xfail where `reason_for` names it, non-strict
+    where `unsure` does (and the entry has no fingerprint to decide by)."""
+    unsure = unsure or {}
+
+    def marks(e: Entry) -> list:
+        name = e.config["name"]
+        if name in reason_for:
+            return [pytest.mark.xfail(strict=True, reason=reason_for[name])]
+        if name in unsure and e.meta.get("numerics") is None:
+            return [pytest.mark.xfail(strict=False, reason=unsure[name])]
+        return []
+
+    return [pytest.param(e, id=e.config["name"], marks=marks(e)) for e in _shipped()]
 
 
 def test_sweeps_are_shipped() -> None:
@@ -57,7 +74,7 @@ def test_every_shipped_sweep_matches_its_spec_file(entry: Entry) -> None:
     assert is_current(entry), "shipped by an earlier engine"
 
 
-@pytest.mark.parametrize("entry", _params(AWAITING_RESHIP))
+@pytest.mark.parametrize("entry", _params(AWAITING_RESHIP, NO_FINGERPRINT))
 def test_the_smallest_group_of_a_shipped_sweep_recomputes_exactly(entry: Entry) -> None:
     spec = summary_spec(entry)
     here = numerics_probe(spec.family)
