@@ -23,7 +23,7 @@ from explorer.core.config import shown as shown_value  # a refused value, cut to
 from explorer.core.report import hms, progress_line
 from explorer.labs.double_descent.random_features import KINDS, RF_KIND, RFConfig, cached_run, features_around
 from explorer.labs.double_descent.results import (clearest_sweep, describe, engine_note, interpolation_threshold,
-                                                  list_sweeps, peak_rise, recipe_line, recompute_command,
+                                                  list_sweeps, peak_rise, recipe_line, recompute_command, shows_peak,
                                                   sweep_frame)
 from explorer.labs.double_descent.run import plan_sweep, run_sweep
 from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, SWEEP_KIND, live_spec
@@ -69,7 +69,12 @@ def _remember(key: str) -> None:
 def _listed(entries: dict) -> dict:
     """The selector's sweeps: the shipped ones and this session's own, not every sweep another visitor computed."""
     mine = set(_mine())
-    return {k: e for k, e in entries.items() if e.shipped or k in mine}
+    return {k: e for k, e in entries.items() if _shipped(k, e) or k in mine}
+
+
+def _shipped(key: str, entry) -> bool:
+    """A shipped sweep, also where a runtime copy of it (the operator's --ship run, a recompute) shadows it."""
+    return entry.shipped or app_cache().ships(SWEEP_KIND, key)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -98,7 +103,7 @@ def _pick_sweep(entries: dict) -> str | None:
     if not listed:
         return None
     if st.session_state.get(K + "sweep") not in listed:
-        shipped = tuple(k for k, e in listed.items() if e.shipped)
+        shipped = tuple(k for k, e in listed.items() if _shipped(k, e))
         st.session_state[K + "sweep"] = _clearest(shipped or tuple(listed))
     return st.selectbox("Sweep", list(listed), format_func=lambda k: describe(listed[k]), key=K + "sweep")
 
@@ -182,14 +187,15 @@ def sweep_view() -> None:
     epoch = c3.select_slider("At epoch", epochs, key=K + "epoch") if len(epochs) > 1 else epochs[0]
     st.subheader("Model-wise: error against model size")
     rise, at = peak_rise(entry)
-    if rise > 0:
+    if shows_peak(rise):
         st.info(f"What to look for: at {100 * at['noise']:g}% label noise the test error (last epoch, seed mean) "
                 f"falls to {at['low']:.3f} at width {at['low_width']}, rises to {at['peak']:.3f} at width "
                 f"{at['peak_width']} near the interpolation threshold (dotted rule: the training labels are first "
                 "fitted), then falls again as the models grow.")
     else:
-        st.info("What to look for: this sweep shows no model-wise peak at its last epoch; the test error only falls "
-                "with width. Pick a sweep with label noise and long training for the peak.")
+        st.info("What to look for: this sweep shows no model-wise peak at its last epoch (no rise of a point or more); "
+                "the test error falls with width. Pick a sweep with label noise and long training for the peak, "
+                "or look at its epoch-wise view below.")
     closed_form = entry.config["family"].startswith("rf_")
     lecture = bool(st.session_state.get(K + "lecture"))
     st.altair_chart(for_lecture(_model_wise(df, metric, x_axis, int(epoch), closed_form), lecture), width="stretch")

@@ -632,6 +632,13 @@ class Cache:
             self._roots += ((self.shipped_root, True),)
         self._app_shipped = {r for r, _ in self._roots if _same_folder(r, app_shipped)}
 
+    def ships(self, kind: str, key: str) -> bool:
+        """True when a shipped root holds an entry of (kind, key) (listed, not verified): a runtime entry with that
+        key shadows it in entries() and get(), and is then a recomputed copy of a shipped result."""
+        _check_kind(kind)
+        return bool(KEY_PATTERN.fullmatch(key)) and any(
+            shipped and self._entry_dir(root, kind, key).is_dir() for root, shipped in self._roots)
+
     def get(self, kind: str, config: Any) -> Entry | None:
         """The verified entry for (kind, config), runtime root first, else None."""
         key = key_for(_check_kind(kind), config)

@@ -243,3 +243,22 @@ def test_random_features_are_drawn_on_linear_axes(sweep_key: str) -> None:
         y_scales = [layer["encoding"]["y"].get("scale", {}) for layer in spec["layer"] if "y" in layer["encoding"]]
         assert y_scales and all(s.get("type") != "log" for s in y_scales)
         assert all(s["domain"][0] == 0 for s in y_scales)
+
+
+def test_a_runtime_copy_of_a_shipped_sweep_is_still_listed(tmp_path, monkeypatch) -> None:
+    """Where the operator ran `sweep ... --ship`, the runtime root holds a copy of the shipped summary that shadows
+    it: the page still lists it as shipped (it vanished from every visitor's selector before)."""
+    from explorer.labs.double_descent.results import list_sweeps
+    from explorer.labs.double_descent.spec import SWEEP_KIND
+
+    cache = Cache(tmp_path / "rt")
+    shipped = [e for e in list_sweeps(cache) if e.shipped]
+    e = shipped[0]
+    copy = cache.put(SWEEP_KIND, e.config, e.metrics, e.tensors(), e.meta)  # the --ship run's runtime copy
+    assert copy.key == e.key and cache.ships(SWEEP_KIND, e.key)
+    assert not next(x for x in list_sweeps(cache) if x.key == e.key).shipped  # shadowed
+    assert not cache.ships(SWEEP_KIND, "0" * 64)
+    monkeypatch.setattr("views.widgets.app_cache", lambda: cache)
+    at = _app()
+    assert not at.exception
+    assert len(at.selectbox(key="dd_sweep").options) == len(shipped)

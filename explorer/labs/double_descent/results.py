@@ -46,6 +46,17 @@ def recompute_command(entry: Entry) -> str:
     return f"python -m explorer sweep {where}" + (" --ship" if entry.shipped else "")
 
 
+# A model-wise rise smaller than this (test error, a fraction) is not called a peak on the page: 1,000 test points
+# give a test error of ~0.5 a binomial standard error of ~1.6 points, so sub-point wiggles between widths (one seed,
+# the CIFAR-10 sweep's 0.701 -> 0.708) are noise, not double descent.
+MIN_PEAK_RISE = 0.01
+
+
+def shows_peak(rise: float) -> bool:
+    """Whether peak_rise's rise is large enough to call a model-wise peak."""
+    return rise >= MIN_PEAK_RISE
+
+
 def peak_rise(entry: Entry) -> tuple[float, dict]:
     """The largest model-wise peak of a summary at its last epoch: the seed-mean test error's largest rise over the
     minimum at smaller widths, over all noise levels; returns (rise, {noise, low_width, low, peak_width, peak})."""

@@ -185,3 +185,14 @@ def test_shipping_a_changed_spec_file_replaces_the_summary_shipped_under_its_nam
     assert second.key != first.key and second.config["bandwidth"] == 5.0
     assert f"removed the shipped summary it replaces (same name, another spec or engine): {first.key}" in \
         capsys.readouterr().out
+
+
+def test_a_rise_under_a_point_is_not_called_a_peak(tmp_path) -> None:
+    """The page calls a model-wise peak only from a rise of MIN_PEAK_RISE up: a one-seed wiggle is noise."""
+    from explorer.labs.double_descent.results import MIN_PEAK_RISE, shows_peak
+
+    cache = Cache(tmp_path / "rt", tmp_path / "none")
+    _summary(cache, "wiggle", "cnn5", [0.8, 0.701, 0.708, 0.6])
+    rise = peak_rise(list_sweeps(cache)[0])[0]
+    assert 0 < rise < MIN_PEAK_RISE and not shows_peak(rise)
+    assert shows_peak(0.025)  # fashion-cnn5-noise40's 0.464 -> 0.489
