@@ -7,6 +7,10 @@ import sys
 
 # command -> (module, function taking argv, one-line help); modules are imported only when used
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "fit": ("explorer.labs.function_fitting.cli", "main",
+            "depth vs width at an equal parameter count: fit 1d (MLPs on 1D functions) or fit cnn (shallow vs deep CNN)"),
+    "gradcheck": ("explorer.labs.gradient_check.cli", "main",
+                  "gradient check: hand-written backprop vs numerical gradient vs autograd, with planted bugs"),
     "info": ("explorer.core.info", "main", "show the device, data folder, cache folder and cached entries"),
     "spaces": ("explorer.labs.data_maps.representations", "main",
                "list the embedding spaces (trained models) a map of a data set can use, or train one"),

@@ -53,4 +53,10 @@ LABS = [
     LabPage("double_descent", "Double descent", ":material/ssid_chart:",
             "Test error against model width with label noise: the peak at the interpolation threshold, "
             "epoch-wise double descent, and random features peaking at p = n in seconds."),
+    LabPage("function_fitting", "Function fitting: depth vs width", ":material/function:",
+            "Deep-narrow against shallow-wide networks of equal parameter count fitting sin(5 pi x)/(5 pi x) and other "
+            "1D functions live, and a shallow against a deep CNN on images."),
+    LabPage("gradient_check", "Gradient check", ":material/rule:",
+            "Hand-written backprop against the numerical gradient and autograd, parameter by parameter: the step "
+            "size's V, float32 against float64, and planted bugs caught on the right weight."),
 ]
