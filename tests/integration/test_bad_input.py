@@ -25,7 +25,8 @@ def test_the_generator_makes_over_300_cases_of_every_kind(tmp_path: Path) -> Non
     cases = B.all_cases(tmp_path)
     counts = {c: sum(case.category == c for case in cases) for c in B.CATEGORIES}
     assert len(cases) >= 300 and min(counts.values()) >= 40, counts
-    assert set(B.page_schemas()) == {"boundaries", "data_maps", "optimizer_race", "memorisation", "double_descent"}
+    assert set(B.page_schemas()) == {"boundaries", "data_maps", "optimizer_race", "memorisation", "double_descent",
+                                     "function_fitting", "gradient_check"}
 
 
 def test_a_sample_of_bad_input_gets_specific_messages_in_bounded_memory() -> None:
