@@ -33,9 +33,9 @@ AWAITING_RESHIP = {
 # first epoch on other CPUs' convolution kernels (2026-12-02's machine: epoch-1 train loss 2.3323450 vs shipped
 # 2.3323929). Not strict, because which CPU a CI run gets varies; re-shipping records the fingerprint and removes them.
 NO_FINGERPRINT = {
-    "fashion-cnn5": "no numerics fingerprint; re-ship: python -m explorer sweep sweeps/fashion_cnn5.toml --ship (18 min)",
+    "fashion-cnn5": "no numerics fingerprint; re-ship: python -m explorer sweep sweeps/fashion_cnn5.toml --force --ship (18 min)",
     "fashion-cnn5-noise40": "no numerics fingerprint; re-ship: python -m explorer sweep "
-                            "sweeps/fashion_cnn5_noise40.toml --ship (43 min)",
+                            "sweeps/fashion_cnn5_noise40.toml --force --ship (43 min)",
 }
 
 

@@ -238,3 +238,20 @@ def test_a_diverging_model_is_marked_and_the_others_go_on(monkeypatch) -> None:
                                           "(epoch 1): the loss became non-finite")
     assert all(math.isnan(v) for v in results[1].metrics["test_err"])
 
+
+
+def test_the_conv_cost_model_matches_the_measured_point_times_of_the_shipped_cnn_sweeps(tmp_path) -> None:
+    from explorer.labs.double_descent.spec import spec_from_dict
+
+    sweeps = [e for e in Cache(tmp_path / "rt").entries(SWEEP_KIND) if e.shipped and e.config["family"] == "cnn5"]
+    assert sweeps, "the CNN5 sweeps are shipped"
+    for e in sweeps:
+        spec, points = spec_from_dict(e.config), e.metrics["points"]
+        times = {p["width"]: 0.0 for p in points}
+        for p in points:
+            times[p["width"]] += p["wall_time_s"]
+        costs = {w: sum(point_cost(spec, p["width"]) for p in points if p["width"] == w) for w in times}
+        measured = [times[w] / sum(times.values()) for w in sorted(times)]
+        modelled = [costs[w] / sum(costs.values()) for w in sorted(times)]
+        # each width's share of the run within a third of its measured share (the FLOPs-only model was 10x off)
+        assert modelled == pytest.approx(measured, rel=0.35), e.config["name"]
