@@ -191,32 +191,43 @@ def _digits(split: str, root: Path) -> Found:
     return Found({"source": "sklearn.load_digits", "split_seed": 0}, decode)
 
 
-@functools.lru_cache(maxsize=1)
-def _mnist1d_arrays() -> dict[str, Any]:
+@functools.lru_cache(maxsize=2)
+def _mnist1d_arrays(num_samples: int, train_split: float) -> dict[str, Any]:
     """Both splits of MNIST-1D, generated once per process (the generator makes them together)."""
     from mnist1d.data import get_dataset_args, make_dataset
 
+    args = get_dataset_args()
+    args.num_samples, args.train_split = num_samples, train_split
     state = np.random.get_state()  # make_dataset seeds numpy's global generator
     try:
-        return make_dataset(get_dataset_args())
+        return make_dataset(args)
     finally:
         np.random.set_state(state)
 
 
-def _mnist1d(split: str, root: Path) -> Found:
-    """MNIST-1D from the mnist1d package's generator with its default arguments (4,000 / 1,000)."""
+def _mnist1d_variant(num_samples: int, train_split: float) -> Callable[[str, Path], Found]:
+    """MNIST-1D from the mnist1d package's generator, its default arguments but for the sample count and split."""
 
-    def decode() -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-        d = _mnist1d_arrays()
-        x, y = (d["x"], d["y"]) if split == "train" else (d["x_test"], d["y_test"])
-        classes = tuple(str(c) for c in range(10))
-        return (torch.from_numpy(np.asarray(x, np.float32)),
-                torch.from_numpy(np.asarray(y, np.int64)), classes)
+    def found(split: str, root: Path) -> Found:
+        def decode() -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+            d = _mnist1d_arrays(num_samples, train_split)
+            x, y = (d["x"], d["y"]) if split == "train" else (d["x_test"], d["y_test"])
+            classes = tuple(str(c) for c in range(10))
+            return (torch.from_numpy(np.asarray(x, np.float32)),
+                    torch.from_numpy(np.asarray(y, np.int64)), classes)
 
-    import mnist1d
+        import mnist1d
 
-    return Found({"source": "mnist1d.make_dataset", "version": getattr(mnist1d, "__version__", "?")},
-                 decode)
+        made = {"source": "mnist1d.make_dataset", "version": getattr(mnist1d, "__version__", "?")}
+        if (num_samples, train_split) != MNIST1D_DEFAULT:  # the default's key stays as it was: its caches stay valid
+            made.update(num_samples=num_samples, train_split=train_split)
+        return Found(made, decode)
+
+    return found
+
+
+MNIST1D_DEFAULT = (5000, 0.8)  # the package's default: 4,000 train / 1,000 test
+MNIST1D_NOTEBOOK = (16000, 0.25)  # greydanus/mnist1d's double-descent notebook: 4,000 train / 12,000 test
 
 
 # ---------------------------------------------------------------- torchvision sets
@@ -697,7 +708,9 @@ def visitor_folder(typed: str) -> str:
 
 NAMES: dict[str, Source] = {
     "digits": Source("scikit-learn digits (8x8, embedded)", True, _digits),
-    "mnist1d": Source("MNIST-1D (generated, embedded)", True, _mnist1d),
+    "mnist1d": Source("MNIST-1D (generated, embedded)", True, _mnist1d_variant(*MNIST1D_DEFAULT)),
+    "mnist1d_16k": Source("MNIST-1D, 16,000 samples: 4,000 train / 12,000 test (generated, embedded)", True,
+                          _mnist1d_variant(*MNIST1D_NOTEBOOK)),
     "mnist": Source("MNIST", False, _torchvision_idx("MNIST", "MNIST")),
     "fashion_mnist": Source("Fashion-MNIST", False, _torchvision_idx("FashionMNIST", "Fashion-MNIST")),
     "cifar10": Source("CIFAR-10", False, _cifar10),

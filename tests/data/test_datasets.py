@@ -59,6 +59,12 @@ def test_embedded_digits_and_mnist1d() -> None:
     assert len(D.load("mnist1d", "train")) == 4000
 
 
+def test_mnist1d_as_the_double_descent_notebook_makes_it() -> None:
+    train, test = D.load("mnist1d_16k", "train"), D.load("mnist1d_16k", "test")
+    assert train.x.shape == (4000, 40) and test.x.shape == (12000, 40)
+    assert sorted(set(test.y.tolist())) == list(range(10))
+
+
 def test_second_load_comes_from_the_disk_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = Cache(tmp_path / "cache")
     first = D.load("digits", "test", cache=cache)
