@@ -11,7 +11,7 @@ from explorer.core import settings
 from explorer.core.device import configure_threads
 from explorer.core.jobs import default_runner
 from explorer.core.status import configure_logging, start_status_log
-from views.registry import LABS
+from views.registry import LABS, SECTIONS
 from views.widgets import watch_sessions
 
 log = logging.getLogger("explorer.app")
@@ -24,11 +24,17 @@ def home() -> None:
     st.title("Deep-learning phenomena, live")
     st.write("Each page trains real networks on your machine's best device and shows what happens. "
              "Pick one:")
-    cols = st.columns(2)
-    for i, info in enumerate(LABS):
-        with cols[i % 2].container(border=True):
-            st.page_link(info.path, label=f"**{info.title}**", icon=info.icon)
-            st.caption(info.see)
+    for section, blurb in SECTIONS.items():
+        labs = [p for p in LABS if p.section == section]
+        if not labs:
+            continue
+        st.subheader(section)
+        st.write(blurb)
+        cols = st.columns(2)
+        for i, info in enumerate(labs):
+            with cols[i % 2].container(border=True):
+                st.page_link(info.path, label=f"**{info.title}**", icon=info.icon)
+                st.caption(info.see)
 
 
 def _sessions() -> int | None:
@@ -70,6 +76,8 @@ watch_sessions()  # once per process: a closed tab's jobs are released within se
 st.set_page_config(page_title="explorer", page_icon=FAVICON, layout="wide")
 if not signed_in():
     st.stop()
-nav = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)]
-                    + [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in LABS])
+pages = {"": [st.Page(home, title="Home", icon=":material/home:", default=True)]}
+for section in SECTIONS:  # the sidebar groups the labs by section
+    pages[section] = [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in LABS if p.section == section]
+nav = st.navigation({name: group for name, group in pages.items() if group})
 nav.run()

@@ -21,6 +21,7 @@ class LabPage:
     title: str
     icon: str  # a Material Symbols name: it comes with Streamlit, so it shows where no emoji font is installed
     see: str
+    section: str = "Phenomena"  # the navigation group (SECTIONS) the page is listed under
 
     @property
     def path(self) -> str:
@@ -37,6 +38,12 @@ class LabPage:
         """The lab's core package."""
         return f"explorer.labs.{self.slug}"
 
+
+SECTIONS = {
+    "Phenomena": "What deep networks do that a course tells you about: watch it happen.",
+    "Course labs": "The homework every deep-learning course sets, run end to end.",
+    "Loss landscape": "The geometry of training: paths, barriers, sharpness and critical points.",
+}
 
 LABS = [
     LabPage("boundaries", "Decision boundaries", ":material/scatter_plot:",
@@ -55,8 +62,8 @@ LABS = [
             "epoch-wise double descent, and random features peaking at p = n in seconds."),
     LabPage("function_fitting", "Function fitting: depth vs width", ":material/function:",
             "Deep-narrow against shallow-wide networks of equal parameter count fitting sin(5 pi x)/(5 pi x) and other "
-            "1D functions live, and a shallow against a deep CNN on images."),
+            "1D functions live, and a shallow against a deep CNN on images.", section="Course labs"),
     LabPage("gradient_check", "Gradient check", ":material/rule:",
             "Hand-written backprop against the numerical gradient and autograd, parameter by parameter: the step "
-            "size's V, float32 against float64, and planted bugs caught on the right weight."),
+            "size's V, float32 against float64, and planted bugs caught on the right weight.", section="Course labs"),
 ]

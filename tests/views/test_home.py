@@ -43,3 +43,9 @@ def test_lecture_settings_viewer_toolbar_and_a_local_favicon() -> None:
     source = (ROOT / "app.py").read_text()
     assert "page_icon=FAVICON" in source and ":material/science:" not in source
     assert (ROOT / "static" / "favicon.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_every_lab_is_in_a_known_section() -> None:
+    from views.registry import SECTIONS
+
+    assert {p.section for p in LABS} <= set(SECTIONS)
