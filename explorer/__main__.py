@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
             "depth vs width at an equal parameter count: fit 1d (MLPs on 1D functions) or fit cnn (shallow vs deep CNN)"),
     "gradcheck": ("explorer.labs.gradient_check.cli", "main",
                   "gradient check: hand-written backprop vs numerical gradient vs autograd, with planted bugs"),
+    "gradnorms": ("explorer.labs.gradient_norms.cli", "main",
+                  "gradient norms per layer of deep MLPs (plain / batch norm / residual): first, middle and last layer"),
     "info": ("explorer.core.info", "main", "show the device, data folder, cache folder and cached entries"),
     "spaces": ("explorer.labs.data_maps.representations", "main",
                "list the embedding spaces (trained models) a map of a data set can use, or train one"),
