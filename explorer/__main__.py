@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gradnorms": ("explorer.labs.gradient_norms.cli", "main",
                   "gradient norms per layer of deep MLPs (plain / batch norm / residual): first, middle and last layer"),
     "info": ("explorer.core.info", "main", "show the device, data folder, cache folder and cached entries"),
+    "size": ("explorer.labs.model_size.cli", "main",
+             "parameters vs generalisation: eleven two-conv CNNs (8,8)..(128,96), train/test loss and accuracy"),
     "spaces": ("explorer.labs.data_maps.representations", "main",
                "list the embedding spaces (trained models) a map of a data set can use, or train one"),
     "map": ("explorer.labs.data_maps.cli", "main", "compute a 2D map (t-SNE/UMAP/PCA) of a data set into the cache, optionally as CSV"),

@@ -42,7 +42,8 @@ class LabPage:
 SECTIONS = {
     "Phenomena": "What deep networks do that a course tells you about: watch it happen.",
     "Course labs": "The homework every deep-learning course sets, run end to end.",
-    "Loss landscape": "The geometry of training: paths, barriers, sharpness and critical points.",
+    "Landscape and size": "The geometry of training and what size does: paths, barriers, sharpness, critical points, "
+                          "and parameters against generalisation.",
 }
 
 LABS = [
@@ -70,4 +71,7 @@ LABS = [
             "Per-layer gradient norms of MLPs 2 to 60 layers deep on a log scale: a plain sigmoid net's first-layer "
             "gradient falls by orders of magnitude at depth 10 and to exactly 0 at depth 60, while batch norm, residual connections "
             "and ReLU with He init keep every layer learning.", section="Course labs"),
+    LabPage("model_size", "Number of parameters vs generalisation", ":material/stacked_line_chart:",
+            "Eleven two-conv CNNs, from a few thousand to over a hundred thousand parameters, trained alike: training "
+            "and test accuracy and loss against the parameter count on a log axis.", section="Landscape and size"),
 ]
