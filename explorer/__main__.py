@@ -7,12 +7,16 @@ import sys
 
 # command -> (module, function taking argv, one-line help); modules are imported only when used
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "clr": ("explorer.labs.cyclical_lr.cli", "main",
+            "cyclical learning rates on CIFAR-10 pixels: clr train | range | search | overfit"),
     "fit": ("explorer.labs.function_fitting.cli", "main",
             "depth vs width at an equal parameter count: fit 1d (MLPs on 1D functions) or fit cnn (shallow vs deep CNN)"),
     "gradcheck": ("explorer.labs.gradient_check.cli", "main",
                   "gradient check: hand-written backprop vs numerical gradient vs autograd, with planted bugs"),
     "gradnorms": ("explorer.labs.gradient_norms.cli", "main",
                   "gradient norms per layer of deep MLPs (plain / batch norm / residual): first, middle and last layer"),
+    "hyper": ("explorer.labs.hyperparameters.cli", "main",
+              "hyperparameter lab: hyper lr (learning rates x batch norm), hyper batch (batch sizes), hyper grid"),
     "info": ("explorer.core.info", "main", "show the device, data folder, cache folder and cached entries"),
     "size": ("explorer.labs.model_size.cli", "main",
              "parameters vs generalisation: eleven two-conv CNNs (8,8)..(128,96), train/test loss and accuracy"),

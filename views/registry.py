@@ -71,6 +71,14 @@ LABS = [
             "Per-layer gradient norms of MLPs 2 to 60 layers deep on a log scale: a plain sigmoid net's first-layer "
             "gradient falls by orders of magnitude at depth 10 and to exactly 0 at depth 60, while batch norm, residual connections "
             "and ReLU with He init keep every layer learning.", section="Course labs"),
+    LabPage("cyclical_lr", "Cyclical learning rates", ":material/waves:",
+            "The triangular cyclical learning rate on CIFAR-10 pixels (DD2424): cost over the schedule, the LR range "
+            "test with a suggested range, a coarse-to-fine lambda search and an overfit-100-images check.",
+            section="Course labs"),
+    LabPage("hyperparameters", "Hyperparameters", ":material/tune:",
+            "Learning rate and batch norm, batch size and depth x width on a 3-class spiral: the largest rate "
+            "diverges, the smallest never moves, small batches take more steps, depth folds the boundary.",
+            section="Course labs"),
     LabPage("model_size", "Number of parameters vs generalisation", ":material/stacked_line_chart:",
             "Eleven two-conv CNNs, from a few thousand to over a hundred thousand parameters, trained alike: training "
             "and test accuracy and loss against the parameter count on a log axis.", section="Landscape and size"),
