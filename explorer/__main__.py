@@ -9,6 +9,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "clr": ("explorer.labs.cyclical_lr.cli", "main",
             "cyclical learning rates on CIFAR-10 pixels: clr train | range | search | overfit"),
+    "critical": ("explorer.labs.critical_points.cli", "main",
+                 "minimal ratio of K tiny MLPs driven to near-zero gradient (exact Hessian and perturbations)"),
     "fit": ("explorer.labs.function_fitting.cli", "main",
             "depth vs width at an equal parameter count: fit 1d (MLPs on 1D functions) or fit cnn (shallow vs deep CNN)"),
     "gradcheck": ("explorer.labs.gradient_check.cli", "main",
@@ -24,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "list the embedding spaces (trained models) a map of a data set can use, or train one"),
     "map": ("explorer.labs.data_maps.cli", "main", "compute a 2D map (t-SNE/UMAP/PCA) of a data set into the cache, optionally as CSV"),
     "memorise": ("explorer.labs.memorisation.lab", "main", "memorisation lab: corruption modes, p sweep, width sweep"),
+    "sharpness": ("explorer.labs.sharpness.cli", "main",
+                  "sharpness vs batch size: top Hessian eigenvalue, epsilon-sharpness, input sensitivity per batch"),
     "shiplist": ("explorer.core.shiplist", "main",
                  "check that cache/shipped and its trust list agree (--write relists, after review)"),
     "sweep": ("explorer.labs.double_descent.run", "main", "run a double-descent sweep spec (TOML); resumes from the cache"),

@@ -79,6 +79,13 @@ LABS = [
             "Learning rate and batch norm, batch size and depth x width on a 3-class spiral: the largest rate "
             "diverges, the smallest never moves, small batches take more steps, depth folds the boundary.",
             section="Course labs"),
+    LabPage("sharpness", "Sharpness vs batch size", ":material/landscape:",
+            "The same net trained at batch sizes 16 to 1,024 for the same number of SGD steps: the top Hessian "
+            "eigenvalue and Keskar's epsilon-sharpness against the batch size, with input-gradient sensitivity.",
+            section="Landscape and size"),
+    LabPage("critical_points", "Critical points: the minimal ratio", ":material/center_focus_strong:",
+            "A hundred tiny MLPs driven towards zero gradient: the share of positive Hessian eigenvalues against the "
+            "loss, exact and by random perturbations.", section="Landscape and size"),
     LabPage("model_size", "Number of parameters vs generalisation", ":material/stacked_line_chart:",
             "Eleven two-conv CNNs, from a few thousand to over a hundred thousand parameters, trained alike: training "
             "and test accuracy and loss against the parameter count on a log axis.", section="Landscape and size"),
