@@ -24,12 +24,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "parameters vs generalisation: eleven two-conv CNNs (8,8)..(128,96), train/test loss and accuracy"),
     "spaces": ("explorer.labs.data_maps.representations", "main",
                "list the embedding spaces (trained models) a map of a data set can use, or train one"),
+    "interpolate": ("explorer.labs.interpolation.cli", "main",
+                    "loss and accuracy along the line between two solutions (and from init), random slices"),
     "map": ("explorer.labs.data_maps.cli", "main", "compute a 2D map (t-SNE/UMAP/PCA) of a data set into the cache, optionally as CSV"),
     "memorise": ("explorer.labs.memorisation.lab", "main", "memorisation lab: corruption modes, p sweep, width sweep"),
     "sharpness": ("explorer.labs.sharpness.cli", "main",
                   "sharpness vs batch size: top Hessian eigenvalue, epsilon-sharpness, input sensitivity per batch"),
     "shiplist": ("explorer.core.shiplist", "main",
                  "check that cache/shipped and its trust list agree (--write relists, after review)"),
+    "trajectories": ("explorer.labs.weight_trajectories.cli", "main",
+                     "weight trajectories of K seeds in PCA space: trajectories images|toy [--surface N]"),
     "sweep": ("explorer.labs.double_descent.run", "main", "run a double-descent sweep spec (TOML); resumes from the cache"),
 }
 

@@ -79,6 +79,13 @@ LABS = [
             "Learning rate and batch norm, batch size and depth x width on a 3-class spiral: the largest rate "
             "diverges, the smallest never moves, small batches take more steps, depth folds the boundary.",
             section="Course labs"),
+    LabPage("weight_trajectories", "Weight trajectories", ":material/timeline:",
+            "Eight seeds of one small CNN trained side by side, their weight paths in one PCA plane (layer 1 and the "
+            "whole model), a toy 2D version, and one path over its loss surface.", section="Landscape and size"),
+    LabPage("interpolation", "Interpolation between solutions", ":material/linear_scale:",
+            "Loss and accuracy along the straight line between a small-batch and a large-batch solution and from the "
+            "initial weights, batch-norm statistics recomputed, plus filter-normalised random 1D and 2D slices.",
+            section="Landscape and size"),
     LabPage("sharpness", "Sharpness vs batch size", ":material/landscape:",
             "The same net trained at batch sizes 16 to 1,024 for the same number of SGD steps: the top Hessian "
             "eigenvalue and Keskar's epsilon-sharpness against the batch size, with input-gradient sensitivity.",

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.core.config import ConfigError, check_choice, check_range
+from explorer.core.seeding import seeded
 from explorer.train.fused_mlp import FusedMLP, Layer, Masks
 
 CONV_KERNEL = {1: 5, 2: 3}  # kernel size by spatial rank: MNIST-1D's patterns are ~5 samples wide
@@ -245,8 +246,7 @@ def build_net(cfg: NetConfig, input_shape: tuple[int, ...], num_classes: int) ->
 
 def init_state(cfg: NetConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> dict[str, torch.Tensor]:
     """Seeded initial weights (CPU, PyTorch's default init), named as in the nn.Module."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         net = build_net(cfg, input_shape, num_classes)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 

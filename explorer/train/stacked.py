@@ -28,6 +28,7 @@ from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.report import SILENT, Reporter
 from explorer.core.schedules import SCHEDULES
+from explorer.core.seeding import seeded
 from explorer.nets.small import NetConfig, build_net
 from explorer.train.evaluate import diverged_message, evaluate, first_nonfinite
 from explorer.train.optimizers import build_optimizer, config_for, fast_kwargs, supported_kinds
@@ -147,8 +148,7 @@ class BatchedTrainer:
 
         modules = []
         for i in range(k):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.init_seed + (0 if cfg.same_init else i))
+            with seeded(cfg.init_seed + (0 if cfg.same_init else i)):
                 modules.append(spec.build())
         params, buffers = stack_module_state(modules)
         self.params = {n: p.detach().to(self.device).requires_grad_() for n, p in params.items()}

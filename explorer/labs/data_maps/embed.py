@@ -26,6 +26,7 @@ from explorer.core.cache import Cache, ComputeResult, Entry
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.report import SILENT, Reporter
+from explorer.core.seeding import seeded
 from explorer.data import datasets as D
 from explorer.labs.data_maps import representations as R
 
@@ -133,8 +134,7 @@ def pca(x: torch.Tensor, dims: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     dims = min(dims, *x.shape)
     xc = (x - x.mean(0)).to(get_device())
     total = xc.pow(2).sum()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         _, s, v = torch.pca_lowrank(xc, q=dims, center=False, niter=4)
     z = xc @ v[:, :dims]  # (n, dims)
     signs = torch.sign(z[z.abs().argmax(0), torch.arange(dims, device=z.device)])  # fixed signs

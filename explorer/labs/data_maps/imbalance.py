@@ -14,6 +14,7 @@ import torch
 
 from explorer.core.config import check_range
 from explorer.core.device import get_device
+from explorer.core.seeding import seeded
 from explorer.data import datasets as D
 from explorer.train.evaluate import Diverged, diverged_message, first_nonfinite
 
@@ -45,8 +46,8 @@ class ImbalanceConfig:
 def fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int, lr: float,
                 seed: int) -> torch.nn.Linear:
     """Softmax regression trained full-batch with Adam; a non-finite loss raises Diverged."""
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
+    with seeded(seed):
+        model = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = torch.empty(steps, device=x.device)
     for step in range(steps):

@@ -200,10 +200,22 @@ def estimate_seconds(spec: SweepSpec, points: list[Point], cache: Cache) -> tupl
     """Seconds to compute `points`, scaled from the measured wall times of cached sweeps of the same family and
     data set on the same kind of device by today's engine; (None, why) when there is no such measurement."""
     device = describe_device().split(" ")[0]
+    same_data = cache.entries(SWEEP_KIND, where=lambda c: c.get("family") == spec.family
+                              and c.get("dataset") == spec.dataset)
+    if not same_data:  # e.g. mnist1d_16k: the family's cost per example hardly depends on which data it is
+        seconds, source = _scaled(spec, points, cache.entries(SWEEP_KIND, where=lambda c: c.get("family") == spec.family),
+                                  device)
+        if seconds is not None:
+            return seconds, source.replace(f" on {device},", f" (other data) on {device},")
+        return None, f"no measured {spec.family} point on {spec.dataset} on a {device} here yet"
+    return _scaled(spec, points, same_data, device)
+
+
+def _scaled(spec: SweepSpec, points: list[Point], entries: list[Entry], device: str) -> tuple[float | None, str]:
+    """Seconds for `points`, scaled from the measured points of `entries` computed by today's engine on `device`."""
     seconds = work = 0.0
     names = []
-    for e in cache.entries(SWEEP_KIND, where=lambda c: c.get("family") == spec.family
-                           and c.get("dataset") == spec.dataset):
+    for e in entries:
         measured = [p for p in e.metrics.get("points", []) if p.get("wall_time_s")
                     and str(p.get("device", "")).split(" ")[0] == device]
         if not measured or not is_current(e):  # an earlier engine's times say little about today's

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from explorer.core.report import SILENT, Reporter
 from explorer.core.schedules import SCHEDULES
+from explorer.core.seeding import seeded
 from explorer.data.noise import noise_seed, noisy_labels
 from explorer.labs.double_descent.spec import EVAL_CHUNK, METRICS, Point, PointResult, SweepData, SweepSpec
 from explorer.nets import grouped as ddmodels
@@ -110,8 +111,7 @@ class _AutogradGroup:
                  device: torch.device) -> None:
         singles = []
         for s in seeds:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(s * 7_777 + width)
+            with seeded(s * 7_777 + width):
                 single = ddmodels.build(family, width, 1, data.in_shape, data.num_classes)
                 if spec.init == "he_uniform":
                     ddmodels.he_uniform_(single)

@@ -22,6 +22,7 @@ from explorer.core.cache import Cache, Entry
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.jobs import JobContext
+from explorer.core.seeding import seeded
 from explorer.train.evaluate import Diverged, diverged_message, first_nonfinite
 
 
@@ -231,8 +232,8 @@ def iter_training(cfg: FitConfig, device: torch.device | None = None,
     gx, gy = data.grid_x.to(device), data.grid_y.to(device)
     models, opts = [], []
     for hidden in cfg.models:
-        torch.manual_seed(cfg.seed)  # every network starts from its shape's draw of the same seed
-        m = make_mlp(hidden, cfg.activation).to(device)
+        with seeded(cfg.seed):  # every network starts from its shape's draw of the same seed
+            m = make_mlp(hidden, cfg.activation).to(device)
         models.append(m)
         opts.append(torch.optim.Adam(m.parameters(), lr=cfg.lr))
     n = len(x)

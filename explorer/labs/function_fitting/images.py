@@ -23,6 +23,7 @@ from explorer.core.config import check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.jobs import JobContext
 from explorer.core.report import SILENT, Reporter
+from explorer.core.seeding import seeded
 from explorer.data.datasets import load_or_fallback, take
 from explorer.train.evaluate import Diverged, diverged_message
 
@@ -114,8 +115,8 @@ def train_pair(cfg: ImageConfig, report: Reporter = SILENT, device: torch.device
     classes = 10
     models, opts = {}, {}
     for name, build in MODELS.items():
-        torch.manual_seed(cfg.seed)
-        models[name] = build(x.shape[1], classes).to(device)
+        with seeded(cfg.seed):
+            models[name] = build(x.shape[1], classes).to(device)
         opts[name] = torch.optim.Adam(models[name].parameters(), lr=cfg.lr)
     out: dict[str, Any] = {
         "dataset": used, "notice": notice, "n_train": len(y), "n_test": len(yt), "epochs": cfg.epochs,

@@ -23,6 +23,7 @@ from explorer.core.cache import Cache, Entry
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.jobs import JobContext
+from explorer.core.seeding import seeded
 from explorer.data import datasets, toy2d
 from explorer.train.evaluate import Diverged, diverged_message, first_nonfinite
 
@@ -180,9 +181,9 @@ def _init(model: DeepMLP, how: str) -> None:
 
 def make_model(cfg: RunConfig, n_in: int, n_out: int) -> DeepMLP:
     """The seeded network in cfg's dtype (on the CPU)."""
-    torch.manual_seed(cfg.seed)
-    model = DeepMLP(n_in, n_out, cfg)
-    _init(model, cfg.init)
+    with seeded(cfg.seed):
+        model = DeepMLP(n_in, n_out, cfg)
+        _init(model, cfg.init)
     return model.to(DTYPES[cfg.dtype])
 
 

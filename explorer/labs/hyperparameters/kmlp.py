@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from explorer.core.seeding import seeded
 from explorer.train.evaluate import diverged_message, first_nonfinite
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's defaults
@@ -63,8 +64,7 @@ def init_models(shapes: Sequence[Shape], in_dim: int, classes: int, seed: int) -
     global RNG state of the caller."""
     out = []
     for s in shapes:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             out.append(build_sequential(s, in_dim, classes))
     return out
 

@@ -25,6 +25,7 @@ from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.jobs import JobContext
 from explorer.core.report import SILENT, Reporter
+from explorer.core.seeding import seeded
 from explorer.data.datasets import load_or_fallback, take
 from explorer.nets.grouped import GroupedLinear, restack
 from explorer.train.evaluate import Diverged, diverged_message
@@ -74,8 +75,8 @@ def build(width: tuple[int, int], seeds: tuple[int, ...], image_shape: tuple[int
     """len(seeds) copies of width; copy j starts as a lone network built after torch.manual_seed(seeds[j])."""
     states = []
     for s in seeds:
-        torch.manual_seed(s)
-        states.append(GroupedCNN2(width, 1, image_shape, classes).state_dict())
+        with seeded(s):
+            states.append(GroupedCNN2(width, 1, image_shape, classes).state_dict())
     model = GroupedCNN2(width, len(seeds), image_shape, classes)
     model.load_state_dict(restack(states))
     return model

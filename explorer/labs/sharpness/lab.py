@@ -22,6 +22,7 @@ from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.jobs import JobContext
 from explorer.core.report import SILENT, Reporter
+from explorer.core.seeding import seeded
 from explorer.data.datasets import load_or_fallback, take
 from explorer.train import curvature as hessian
 from explorer.nets.small import NetConfig, build_net, describe
@@ -192,8 +193,8 @@ def sweep(cfg: SharpConfig, report: Reporter = SILENT, device: torch.device | No
     done = 0
     report.publish(out, progress=0.0, message="training")
     for batch in cfg.batch_sizes:
-        torch.manual_seed(cfg.seed)  # the same initial weights at every batch size
-        model = build_net(net, shape, data["classes"]).to(device)
+        with seeded(cfg.seed):  # the same initial weights at every batch size
+            model = build_net(net, shape, data["classes"]).to(device)
         t0 = time.perf_counter()
 
         def on_steps(s: int, base: int = done, b: int = batch) -> None:
