@@ -79,5 +79,5 @@ if not signed_in():
 pages = {"": [st.Page(home, title="Home", icon=":material/home:", default=True)]}
 for section in SECTIONS:  # the sidebar groups the labs by section
     pages[section] = [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url) for p in LABS if p.section == section]
-nav = st.navigation({name: group for name, group in pages.items() if group})
+nav = st.navigation({name: group for name, group in pages.items() if group}, expanded=True)  # every lab listed
 nav.run()

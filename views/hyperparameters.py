@@ -121,7 +121,7 @@ def _line_charts(df: pd.DataFrame, x: str, names: list[str], lecture: bool, titl
         st.info("Waiting for the first evaluation...")
         return
     color = alt.Color("model:N", sort=names, scale=alt.Scale(scheme="tableau10"),
-                      legend=alt.Legend(orient="bottom", columns=2, title=None, labelLimit=0))
+                      legend=alt.Legend(orient="right", title=None, labelLimit=0))
     slots = chart_slots(lecture)
     for slot, y, scale in ((slots[0], "loss", alt.Scale(type="log")), (slots[1], "accuracy", alt.Scale())):
         chart = alt.Chart(df).mark_line().encode(

@@ -24,8 +24,8 @@ BUDGET_LABELS = {"steps": "the same number of steps", "epochs": "the same number
 LOOK_FOR = ("**What to look for:** the same network from the same initial weights, trained with SGD at the same "
             "learning rate for the same number of steps, only the batch size changing. On the whole, the larger the "
             "batch, the larger the top Hessian eigenvalue and the epsilon-sharpness of the minimum it ends in "
-            "(Keskar et al. 2017: large batches find sharp minima); with the default both are about twice as large "
-            "at batch 1,024 as at 16. Keskar's 28.6 vs 707 were on a far larger net: the trend is what carries over. "
+            "(Keskar et al. 2017: large batches find sharp minima). Keskar's 28.6 vs 707 were on a far larger net: "
+            "the trend is what carries over. "
             "With learning rate 0.1 every batch size ends about equally flat: the small batches' noise, which grows "
             "with the learning rate over the batch size, is what keeps them out of sharp minima.")
 DEFINITIONS = (
