@@ -50,9 +50,9 @@ def test_the_clearest_sweep_is_the_largest_rise_over_the_preceding_minimum(tmp_p
     assert clearest_sweep([]) is None
 
 
-def test_the_shipped_sweep_with_the_clearest_peak_is_the_mnist1d_mlp(tmp_path) -> None:
+def test_the_shipped_sweep_with_the_clearest_peak_is_the_mnist1d_notebook_recipe(tmp_path) -> None:
     best = clearest_sweep(list_sweeps(Cache(tmp_path)))
-    assert best is not None and best.config["name"] == "mnist1d-mlp"
+    assert best is not None and best.config["name"] == "mnist1d-mlp-notebook"
     rise, at = peak_rise(best)
     assert rise > 0.05 and at["noise"] == pytest.approx(0.15)
 

@@ -122,12 +122,15 @@ def test_random_features_points_use_the_spec_scheme_and_bandwidth() -> None:
 
 
 def test_the_mnist1d_test_split_has_1000_points_and_larger_sizes_are_refused() -> None:
-    """The notebook tests on 12,000 MNIST-1D points; our mnist1d is the package's default 4,000 / 1,000 split."""
+    """mnist1d is the package's default 4,000 / 1,000 split; the notebook's recipe tests on mnist1d_16k's 12,000."""
     assert len(datasets.load("mnist1d", "test")) == 1000 and len(datasets.load("mnist1d", "train")) == 4000
     notebook = load_spec("sweeps/mnist1d_mlp_notebook.toml")
-    assert notebook.test_size <= 1000 and notebook.init == "he_uniform" and notebook.noise_scheme == "uniform"
+    assert (notebook.dataset, notebook.test_size) == ("mnist1d_16k", 12_000)
+    assert notebook.init == "he_uniform" and notebook.noise_scheme == "uniform"
     with pytest.raises(ConfigError, match="test_size 12,000 is more than the 1,000 examples of mnist1d's test split"):
-        load_data(dataclasses.replace(notebook, test_size=12_000))
+        load_data(dataclasses.replace(notebook, dataset="mnist1d"))
+    with pytest.raises(ConfigError, match="more than the 12,000 examples of mnist1d_16k's test split"):
+        load_data(dataclasses.replace(notebook, test_size=12_001))
 
 
 def test_the_recipe_line_says_init_noise_definition_and_sizes(tmp_path) -> None:
