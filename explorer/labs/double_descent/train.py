@@ -225,6 +225,10 @@ def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
                         wall / k, diverged[i], ckpts[i], c) for i, p in enumerate(points)]
 
 
+CONV_PROBE_SHAPES = ((1, 28, 28), (3, 32, 32))  # MNIST-like and CIFAR-10 images (a 1x28x28-only probe agreed on a
+# CPU where the CIFAR-10 sweep's convolutions gave other bits from epoch 2)
+
+
 @functools.lru_cache(maxsize=8)
 def numerics_probe(family: str) -> str:
     """A fingerprint of this machine's float kernels as a family's points use them (16 hex digits), from the bits
@@ -247,11 +251,13 @@ def numerics_probe(family: str) -> str:
             x = torch.randn(60, 50, generator=g, dtype=torch.float64)
             phi = torch.cos(x @ torch.randn(50, 90, generator=g, dtype=torch.float64))
             parts = list(torch.linalg.svd(phi, full_matrices=False))
-        else:
-            torch.manual_seed(0)
-            cnn = ddmodels.build("cnn5", 2, 2, (1, 28, 28), 10)
-            cnn(torch.randn(8, 1, 28, 28, generator=g)).square().sum().backward()
-            parts = [p.grad for p in cnn.parameters()]
+        else:  # both image shapes the conv sweeps use: a CPU may pick other kernels for 3 input channels than for 1
+            parts = []
+            for shape in CONV_PROBE_SHAPES:
+                torch.manual_seed(0)
+                cnn = ddmodels.build("cnn5", 2, 2, shape, 10)
+                cnn(torch.randn(8, *shape, generator=g)).square().sum().backward()
+                parts += [p.grad for p in cnn.parameters()]
     h = hashlib.sha256(family.encode())
     for t in parts:
         h.update(t.detach().contiguous().numpy().tobytes())
