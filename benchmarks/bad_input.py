@@ -40,6 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ("csv", "image", "zip", "url")
+JOB_STOP_S = 30.0  # seconds to wait for a cancelled job of a URL case to stop
 MAX_CASE_MB = 300  # a case whose memory grows past this fails: a decoded bomb would take gigabytes
 MAX_MESSAGE_CHARS = 700  # a longer message quotes too much of the input: noted ("long"), not failed
 EVIL_LINK = "https://evil.example/login"
@@ -645,9 +646,11 @@ def _run_url(slug: str, params: dict[str, str]) -> str:
     try:
         at.run()
     finally:
-        for job in default_runner().jobs():
-            if job.id not in before:
-                job.cancel()
+        started = [job for job in default_runner().jobs() if job.id not in before]
+        for job in started:
+            job.cancel()
+        for job in started:  # a page's default run stops at its next checkpoint: its memory is not the next case's
+            job.wait(JOB_STOP_S)
     if at.exception:
         raise AssertionError(f"exception on the page: {at.exception[0].message[:200]}")
     texts = _texts(at)

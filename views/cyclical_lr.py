@@ -211,7 +211,8 @@ def range_tab(dataset: str, lecture: bool) -> None:
     st.markdown("**What to look for:** as the rate grows exponentially the loss first barely moves, then falls "
                 "steeply, then blows up. A good cyclical range spans the steep part (Smith 2015, section 3.3).")
     c1, c2, c3, c4 = st.columns(4)
-    model = c1.selectbox("Network", list(lab.MODELS), format_func=lab.MODELS.get, key=K + "r_model")
+    model = c1.selectbox("Network", list(lab.MODELS), index=list(lab.MODELS).index(RT.model), format_func=lab.MODELS.get,
+                         key=K + "r_model")
     lam = c2.number_input("lambda (L2)", value=RT.lam, format="%.3g", key=K + "r_lam")
     lo = c3.number_input("Lowest rate", value=RT.lr_low, format="%.3g", key=K + "r_lo")
     hi = c4.number_input("Highest rate", value=RT.lr_high, format="%.3g", key=K + "r_hi")

@@ -850,6 +850,17 @@ def load_or_fallback(
         return load(FALLBACK, split, cache=cache), f"{err} Showing the embedded {title(FALLBACK)} instead."
 
 
+def name_or_fallback(name: str, split: str = "train", *, data_dir: Path | None = None) -> tuple[str, str | None]:
+    """What load_or_fallback would give, (name used, notice), found without decoding a single image: for a page
+    that only needs to say which data set it will use (its results may all be cached)."""
+    try:
+        _source(name).resolve(split, _root(data_dir))
+        return name, None
+    except DatasetUnavailable as err:
+        log.info("data set %s (%s) unavailable: %s %s", shorten(name), split, err, err.detail)
+        return FALLBACK, f"{err} Showing the embedded {title(FALLBACK)} instead."
+
+
 def class_counts(ds: ArrayDataset) -> list[int]:
     """Examples per class, in class order."""
     return torch.bincount(ds.y, minlength=ds.num_classes).tolist()

@@ -359,3 +359,10 @@ def test_upload_names_are_checked() -> None:
         D.check_name("dataset", "upload:nothex")
     with pytest.raises(D.DatasetUnavailable, match="no longer in the server's memory.*upload the zip again"):
         D.load("upload:" + "cd" * 32, "train")
+
+
+def test_name_or_fallback_finds_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXPLORER_OFFLINE", "1")
+    assert D.name_or_fallback("digits") == ("digits", None)
+    name, notice = D.name_or_fallback("cifar10", data_dir=tmp_path)  # an empty folder: not there
+    assert name == D.FALLBACK and "CIFAR-10" in notice and "embedded" in notice

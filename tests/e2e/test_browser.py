@@ -110,7 +110,7 @@ def test_switching_sweeps_resets_the_epoch_slider(browser_page) -> None:
     slider = page.locator('[data-testid="stSlider"]').first
     assert "At epoch\n\n30" in _text_once_it_holds(slider, "At epoch\n\n30")  # it may render after the heading
     page.locator('[data-testid="stSelectbox"]').first.click()
-    page.get_by_role("option", name=re.compile("^mnist1d-mlp")).click()
+    page.get_by_role("option", name=re.compile("^mnist1d-mlp:")).click()
     # the new sweep's last epoch, not the old sweep's 30
     assert "At epoch\n\n500" in _text_once_it_holds(slider, "At epoch\n\n500")
     _no_exception(page)

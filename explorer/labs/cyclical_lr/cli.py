@@ -66,8 +66,9 @@ def _train(args: argparse.Namespace, cfg: lab.TrainConfig) -> int:
 
 def _range(args: argparse.Namespace) -> int:
     cfg = _config(lab.RangeConfig, args)
+    cache = shipped_cache() if args.shipped else default_cache()
     with TerminalReporter() as report:
-        entry = lab.run(cfg, default_cache(), report)
+        entry = lab.run(cfg, cache, report)
     m = entry.metrics
     _header(entry)
     print(f"{len(m['lr'])} steps, rate {m['lr'][0]:.2e} -> {m['lr'][-1]:.2e}; stopped: {m['stopped']}")
@@ -105,13 +106,15 @@ def main(argv: list[str]) -> int:
     p = sub.add_parser("train", help="one net with the triangular cyclical learning rate")
     _add_fields(p, lab.TrainConfig)
     p.add_argument("--shipped", action="store_true", help="store the result in cache/shipped (to commit)")
-    _add_fields(sub.add_parser("range", help="the LR range test and the suggested eta_min, eta_max"),
-                lab.RangeConfig)
+    r = sub.add_parser("range", help="the LR range test and the suggested eta_min, eta_max")
+    _add_fields(r, lab.RangeConfig)
+    r.add_argument("--shipped", action="store_true", help="store the result in cache/shipped (to commit)")
     _add_fields(sub.add_parser("search", help="coarse-to-fine search over lambda"), lab.SearchConfig)
     o = sub.add_parser("overfit", help="100 training images, no regularisation: train accuracy -> 100%")
     o.add_argument("--dataset", default="cifar10")
     o.add_argument("--model", default="two_layer")
     o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--shipped", action="store_true", help="store the result in cache/shipped (to commit)")
     args = ap.parse_args(argv)
     try:
         if args.which == "train":

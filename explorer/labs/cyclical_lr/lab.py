@@ -26,7 +26,7 @@ from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.device import get_device
 from explorer.core.jobs import JobContext
 from explorer.core.report import SILENT, Reporter, part
-from explorer.data.datasets import load_or_fallback
+from explorer.data.datasets import load_or_fallback, name_or_fallback
 from explorer.labs.cyclical_lr.schedule import exponential, triangular
 from explorer.train.evaluate import Diverged, diverged_message, first_nonfinite
 
@@ -79,6 +79,9 @@ class TrainConfig:
         check_range("cycles", self.cycles, 1, 20, integer=True)
         check_range("steps (2 n_s x cycles)", 2 * self.n_s * self.cycles, 2, 100_000, integer=True)
         check_range("training images", self.n_train, 0, 60_000, integer=True)
+        if 0 < self.n_train < self.batch_size:
+            raise ConfigError(f"training images must be 0 (all) or at least the batch size ({self.batch_size}), "
+                              f"got {self.n_train}")
         check_range("evaluations per cycle", self.evals_per_cycle, 1, 50, integer=True)
 
     @property
@@ -188,8 +191,7 @@ class Data:
 
 def resolve(dataset: str) -> tuple[str, str | None]:
     """The data set a page can use for `dataset`, and the notice saying how to provide it when it falls back."""
-    ds, notice = load_or_fallback(dataset, "train")
-    return ds.name, notice
+    return name_or_fallback(dataset, "train")  # nothing decoded: a page showing cached results loads no images
 
 
 def load_data(dataset: str, n_val: int, n_train: int, seed: int, device: torch.device) -> Data:
@@ -203,12 +205,13 @@ def load_data(dataset: str, n_val: int, n_train: int, seed: int, device: torch.d
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if n_train:
         train_idx = train_idx[:n_train]
-    flat = train_ds.to_float().reshape(n, -1)
-    x, xv = flat[train_idx], flat[val_idx]
+    rows = replace(train_ds, x=train_ds.x[torch.cat([train_idx, val_idx])])  # only these rows become floats
+    flat = rows.to_float().reshape(len(rows), -1)
+    x, xv = flat[:len(train_idx)], flat[len(train_idx):]
     mean, std = x.mean(0), x.std(0).clamp_min(1e-3)  # constant pixels (digits' borders) stay 0, not inf
 
-    def norm(a: torch.Tensor) -> torch.Tensor:
-        return ((a - mean) / std).to(device)
+    def norm(a: torch.Tensor) -> torch.Tensor:  # in place: a is this function's own float copy
+        return a.sub_(mean).div_(std).to(device)
 
     xt = test_ds.to_float().reshape(len(test_ds), -1)
     return Data(norm(x), train_ds.y[train_idx].to(device), norm(xv), train_ds.y[val_idx].to(device), norm(xt),
