@@ -243,8 +243,11 @@ def test_a_diverging_model_is_marked_and_the_others_go_on(monkeypatch) -> None:
 def test_the_conv_cost_model_matches_the_measured_point_times_of_the_shipped_cnn_sweeps(tmp_path) -> None:
     from explorer.labs.double_descent.spec import spec_from_dict
 
-    sweeps = [e for e in Cache(tmp_path / "rt").entries(SWEEP_KIND) if e.shipped and e.config["family"] == "cnn5"]
-    assert sweeps, "the CNN5 sweeps are shipped"
+    # cifar10-cnn5's shipped point times were measured while other jobs shared the two cores (its re-ship of
+    # 2026-12-02 took 33.5 min against 14 min alone: k = 2 took less than k = 1), so they do not measure the kernels
+    sweeps = [e for e in Cache(tmp_path / "rt").entries(SWEEP_KIND) if e.shipped and e.config["family"] == "cnn5"
+              and e.config["name"] in ("fashion-cnn5", "fashion-cnn5-noise40")]
+    assert len(sweeps) == 2, "the Fashion-MNIST CNN5 sweeps are shipped"
     for e in sweeps:
         spec, points = spec_from_dict(e.config), e.metrics["points"]
         times = {p["width"]: 0.0 for p in points}
