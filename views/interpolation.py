@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -10,11 +10,10 @@ import streamlit as st
 
 from explorer.core.cache import Entry
 from explorer.core.config import ConfigError
-from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.interpolation import lines, plane
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
+from views.widgets import (app_cache, cached_or_job, chart_slots, config_or_stop, for_lecture, lecture_mode, plain,
+                           settings_from_url, show_provenance, split_dash)
 
 K = "ip_"  # widget-key prefix
 START = lines.InterpConfig()
@@ -44,32 +43,9 @@ def _init_from_url() -> None:
         st.session_state[K + name] = value
 
 
-def result_or_job(slot: str, kind: str, cfg: Any, make: Callable[[], Callable], name: str, label: str,
-                  autostart: bool, hint: str) -> Entry | None:
-    """The cached entry for cfg, else a job (started by itself when `autostart`, else by the button) with its
-    progress; None while there is no result."""
-    entry = app_cache().get(kind, cfg)
-    job = get_job(slot)
-    mine = job is not None and st.session_state.get(K + slot + "_cfg") == cfg
-    if entry is not None and (not mine or job.is_final):
-        return entry
-    c1, c2 = st.columns([1, 4])
-    pressed = c1.button(label, type="primary", key=K + slot + "_go", disabled=mine and not job.is_final)
-    if pressed or (autostart and not mine):
-        job = start_job(slot, make(), name=name, key=job_key(kind, cfg))
-        st.session_state[K + slot + "_cfg"] = cfg
-        mine = job is not None
-    if not mine:
-        st.info(hint)
-        return None
-    if not job.is_final and c2.button("Stop", key=K + slot + "_stop"):
-        stop_job(slot)
-
-    def draw(j: Job) -> None:
-        st.progress(min(max(j.progress, 0.0), 1.0), text=j.message or j.state.value)
-
-    poll_job(job, draw, every=0.5)
-    return None
+def result_or_job(*args: Any, **kwargs: Any) -> Entry | None:
+    """views.widgets.cached_or_job with this page's key prefix."""
+    return cached_or_job(K, *args, **kwargs)
 
 
 def settings_ui() -> lines.InterpConfig:

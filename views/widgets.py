@@ -304,3 +304,31 @@ def for_lecture(chart: alt.TopLevelMixin, lecture: bool) -> alt.TopLevelMixin:
     return (chart.configure_axis(labelFontSize=f, titleFontSize=f + 2)
             .configure_legend(labelFontSize=f, titleFontSize=f + 2, labelLimit=0)
             .configure_title(fontSize=f + 4))
+
+
+def cached_or_job(prefix: str, slot: str, kind: str, cfg: Any, make: Callable[[], Callable], name: str, label: str,
+                  autostart: bool, hint: str) -> Entry | None:
+    """The cached entry for cfg, else a job (started by itself when `autostart`, else by the button) with its
+    progress and a Stop button; None while there is no result. Widget keys start with the page's `prefix`."""
+    entry = app_cache().get(kind, cfg)
+    job = get_job(slot)
+    mine = job is not None and st.session_state.get(prefix + slot + "_cfg") == cfg
+    if entry is not None and (not mine or job.is_final):
+        return entry
+    c1, c2 = st.columns([1, 4])
+    pressed = c1.button(label, type="primary", key=prefix + slot + "_go", disabled=mine and not job.is_final)
+    if pressed or (autostart and not mine):
+        job = start_job(slot, make(), name=name, key=job_key(kind, cfg))
+        st.session_state[prefix + slot + "_cfg"] = cfg
+        mine = job is not None
+    if not mine:
+        st.info(hint)
+        return None
+    if not job.is_final and c2.button("Stop", key=prefix + slot + "_stop"):
+        stop_job(slot)
+
+    def draw(j: Job) -> None:
+        st.progress(min(max(j.progress, 0.0), 1.0), text=j.message or j.state.value)
+
+    poll_job(job, draw, every=0.5)
+    return None
