@@ -1,4 +1,4 @@
-"""The sharpness page in AppTest: the default sweep starts by itself as a job; a short one finishes with its five
+"""The sharpness page in AppTest: the default is the shipped sweep; other small sweeps start by themselves as jobs; a short one finishes with its five
 charts and CSVs, and is drawn from the cache on a rerun; a refused link says the range."""
 
 from __future__ import annotations
@@ -18,11 +18,18 @@ def _app(**params: str) -> AppTest:
     return at.run()
 
 
-def test_default_starts_the_sweep_as_a_job(page_cache):
+def test_default_shows_the_shipped_sweep_at_once(page_cache):
     at = _app()
     assert not at.exception
     assert any("What to look for" in m.value for m in at.markdown)
     assert any("power iteration on Hessian-vector products" in c.value for c in at.caption)
+    assert any("Precomputed result shipped" in c.value for c in at.caption)
+    assert len(at.get("vega_lite_chart")) == 5
+
+
+def test_unshipped_settings_start_the_sweep_as_a_job(page_cache):
+    at = _app(steps="1000")
+    assert not at.exception
     assert at.button(key="sh_stop") is not None  # running in the background
     at.button(key="sh_stop").click().run()  # the short test below needs the CPU
     assert not at.exception

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 
-from explorer.core.cache import default_cache
+from explorer.core.cache import default_cache, default_shipped_root, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.sharpness import lab
@@ -39,11 +40,13 @@ def main(argv: list[str]) -> int:
         if f.name in lab.FLAGS:
             ap.add_argument(lab.FLAGS[f.name], dest=f.name, type=type(f.default), default=f.default)
     ap.add_argument("--power-tol", type=float, default=d.power_tol)
+    ap.add_argument("--ship", action="store_true", help="store the result in cache/shipped (to commit)")
     args = vars(ap.parse_args(argv))
+    ship = args.pop("ship")
     try:
         cfg = lab.SharpConfig(**{**args, "batch_sizes": tuple(args["batch_sizes"])})
         with TerminalReporter() as report:
-            entry = lab.run(cfg, default_cache(), report)
+            entry = lab.run(cfg, shipped_cache() if ship else default_cache(), report)
     except ConfigError as exc:
         print(f"setting refused: {exc}", file=sys.stderr)
         return 2
@@ -58,4 +61,7 @@ def main(argv: list[str]) -> int:
           f"sharpness on {m['n_hessian']} training images · {entry.meta.get('device')} · "
           f"{entry.meta.get('wall_time_s', 0):.1f} s")
     print_table(m)
+    if ship:  # only entries are committed: drop the writer's scratch and lock folders
+        for scratch in (default_shipped_root() / lab.KIND / ".tmp", default_shipped_root() / lab.KIND / ".locks"):
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -124,3 +124,12 @@ def test_the_small_cnn_gets_its_curvature_too():
     cfg = lab.SharpConfig(**{**TINY, "arch": "cnn", "batch_sizes": (16,), "steps": 3, "n_hessian": 16})
     m = lab.sweep(cfg, device=torch.device("cpu"))
     assert m["network"].startswith("Small CNN") and m["rows"][0]["top_eigenvalue"] > 0
+
+
+def test_the_shipped_default_loads_and_shows_the_trend(tmp_path):
+    from explorer.core.cache import default_shipped_root
+
+    entry = Cache(tmp_path / "runtime", shipped_root=default_shipped_root()).get(lab.KIND, lab.SharpConfig())
+    assert entry is not None and entry.shipped and "sharpness" in entry.meta["recompute"]
+    eig = {r["batch_size"]: r["top_eigenvalue"] for r in entry.metrics["rows"]}
+    assert eig[512] > 3 * eig[16]  # large batches end sharper: the phenomenon the page's default shows
