@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
             "cyclical learning rates on CIFAR-10 pixels: clr train | range | search | overfit"),
     "critical": ("explorer.labs.critical_points.cli", "main",
                  "minimal ratio of K tiny MLPs driven to near-zero gradient (exact Hessian and perturbations)"),
+    "deepsets": ("explorer.labs.deep_sets.cli", "main",
+                 "DeepSets sweep over layers L x width w on a set task (sum, max, digit sum...): test MSE per set size"),
     "fit": ("explorer.labs.function_fitting.cli", "main",
             "depth vs width at an equal parameter count: fit 1d (MLPs on 1D functions) or fit cnn (shallow vs deep CNN)"),
     "gradcheck": ("explorer.labs.gradient_check.cli", "main",

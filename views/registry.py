@@ -44,6 +44,8 @@ SECTIONS = {
     "Course labs": "The homework every deep-learning course sets, run end to end.",
     "Landscape and size": "The geometry of training and what size does: paths, barriers, sharpness, critical points, "
                           "and parameters against generalisation.",
+    "Workbench": "Train and compare image classifiers, transfer what one has learnt to a new task, and learn "
+                 "functions of sets.",
 }
 
 LABS = [
@@ -96,4 +98,8 @@ LABS = [
     LabPage("model_size", "Number of parameters vs generalisation", ":material/stacked_line_chart:",
             "Eleven two-conv CNNs, from a few thousand to over a hundred thousand parameters, trained alike: training "
             "and test accuracy and loss against the parameter count on a log axis.", section="Landscape and size"),
+    LabPage("deep_sets", "DeepSets: functions of sets", ":material/workspaces:",
+            "Permutation-invariant networks on sets: sums, maxima and digit sums learnt from sets of 2-10 elements and "
+            "tested on sets of up to 50, swept over layers and width, against an MLP that sees positions.",
+            section="Workbench"),
 ]
