@@ -83,7 +83,7 @@ def _vs_params(df: pd.DataFrame, lecture: bool) -> alt.TopLevelMixin:
 def _heatmap(df: pd.DataFrame, lecture: bool) -> alt.TopLevelMixin:
     """An L x w heatmap of the DeepSets' test MSE (log colour)."""
     ds = df[df["kind"] == "deepsets"]
-    base = alt.Chart(ds).encode(x=alt.X("w:O", title="width w"), y=alt.Y("L:O", title="layers L"))
+    base = alt.Chart(ds).encode(x=alt.X("w:O", title="width w", axis=alt.Axis(labelAngle=0)), y=alt.Y("L:O", title="layers L"))
     cells = base.mark_rect().encode(color=alt.Color("test MSE:Q", scale=alt.Scale(type="log", scheme="viridis")),
                                     tooltip=["model", alt.Tooltip("test MSE:Q", format=".4g"),
                                              alt.Tooltip("params:Q", format=",")])
