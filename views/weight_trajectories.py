@@ -70,8 +70,9 @@ def path_chart(m: dict, part: str, lecture: bool) -> alt.TopLevelMixin:
     tip = ["seed", "epoch", alt.Tooltip("PC1:Q", format=".3f"), alt.Tooltip("PC2:Q", format=".3f"),
            alt.Tooltip("test acc:Q", format=".3f")]
     color = alt.Color("seed:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom", columns=8))
-    x = alt.X("PC1:Q", title=f"PC1 ({100 * ev[0]:.1f}% of the variance)")
-    y = alt.Y("PC2:Q", title=f"PC2 ({100 * ev[1]:.1f}% of the variance)")
+    pad = alt.Scale(padding=18)  # pixels of room around the points, so an end label at the edge is not cut off
+    x = alt.X("PC1:Q", title=f"PC1 ({100 * ev[0]:.1f}% of the variance)", scale=pad)
+    y = alt.Y("PC2:Q", title=f"PC2 ({100 * ev[1]:.1f}% of the variance)", scale=pad)
     base = alt.Chart(df).encode(x=x, y=y, color=color)
     lines = base.mark_line(opacity=0.8).encode(order="order:Q", tooltip=tip)
     dots = base.mark_point(filled=True, size=30).encode(
@@ -80,7 +81,8 @@ def path_chart(m: dict, part: str, lecture: bool) -> alt.TopLevelMixin:
         size=alt.Size("mark:N", scale=alt.Scale(domain=["start", "snapshot", "end"], range=[140, 25, 140]),
                       legend=None), tooltip=tip)
     labels = base.mark_text(dx=8, dy=-8, align="left", fontSize=11).encode(text="label:N")
-    title = f"{part} ({m['params'][part]:,} weights): PC1 + PC2 explain {100 * (ev[0] + ev[1]):.1f}%"
+    title = alt.TitleParams([f"{part} ({m['params'][part]:,} weights)",  # two lines: one fits half a 1280 screen
+                             f"PC1 + PC2 explain {100 * (ev[0] + ev[1]):.1f}%"], anchor="start")
     chart = (lines + dots + labels).properties(height=380, title=title).interactive()
     return for_lecture(chart, lecture)
 
