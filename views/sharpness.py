@@ -76,7 +76,9 @@ def frame(m: dict) -> pd.DataFrame:
 def _chart(df: pd.DataFrame, y: str, title: str, log_y: bool = False, color: str | None = None) -> alt.Chart:
     """A measure against batch size (log x), with tooltips and zoom."""
     enc = {"x": alt.X("batch_size:Q", title="batch size", scale=alt.Scale(type="log", base=2)),
-           "y": alt.Y(f"{y}:Q", title=title, scale=alt.Scale(type="log" if log_y else "linear", zero=False)),
+           "y": alt.Y(f"{y}:Q", title=title, scale=alt.Scale(type="log" if log_y else "linear", zero=False),
+                      # a log axis over decades: one grid line per decade (Vega's default draws 2..9 of each too)
+                      axis=alt.Axis(tickCount=5, format="~g") if log_y else alt.Axis()),
            "tooltip": [alt.Tooltip("batch_size:Q", title="batch size"), *(["split"] if color else []),
                        alt.Tooltip(f"{y}:Q", format=".4g"), alt.Tooltip("steps:Q"),
                        alt.Tooltip("epochs:Q", format=".1f")]}
