@@ -3,12 +3,13 @@
 Workloads (the lab's defaults, EPOCHS epochs each): (1) the learning-rate part: the 6-hidden-layer MLP of width
 32 at learning rates 1, 1e-2, 1e-3, 1e-5, batch norm off and on (K = 8), Adam, batch 32 on 500 spiral points;
 (2) the depth x width grid: 7 MLPs (depth 1, 2, 6, 10 at width 16; width 8, 32, 64 at depth 6), Adam 3e-3.
-Ours: explorer.labs.hyperparameters (the LR part one KStack; the grid a StackGroup: 2 KStacks grouped by width;
-train and test loss and accuracy of every model after every epoch). Baseline: per model an nn.Sequential with the same initial weights, torch.optim.Adam,
+Ours: explorer.labs.hyperparameters as the lab trains (kmlp.KModels on explorer.train.fused_mlp's hand-written
+K-model step: the LR part one FusedMLP; the grid two, grouped by width; train and test loss and accuracy of every
+model after every epoch). Baseline: per model an nn.Sequential with the same initial weights, torch.optim.Adam,
 the same batches (the same permutation per epoch), zero_grad / backward / step, and a no_grad evaluation of
 the train and test sets after every epoch read back with .item(). Both with denormals flushed (as the lab
 trains). Rounds alternate so that machine noise hits both sides.
-Usage: python -m benchmarks.bench_hyperparameters [--rounds 3] [--epochs 10] [--threads 1]
+Usage: python -m benchmarks.bench_hyperparameters [--rounds 3] [--epochs 10] [--threads 1] [--parts lr grid]
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import torch.nn.functional as F
 from explorer.core.device import describe_device, get_device
 from explorer.labs.hyperparameters import kmlp, lab
 from explorer.labs.hyperparameters.config import GridConfig, LRConfig, make_data
+
+
+PARTS = {"learning rates x BN (K=8)": "lr", "depth x width grid (K=7)": "grid"}  # workload -> its --parts name
 
 
 def _workloads(epochs: int) -> dict[str, tuple[object, list[kmlp.Shape], list[float]]]:
@@ -69,13 +73,11 @@ def plain(cfg, shapes: list[kmlp.Shape], lrs: list[float]) -> float:
 
 
 def batched(cfg, shapes: list[kmlp.Shape], lrs: list[float]) -> float:
-    """Seconds for all the models batched as the lab trains them (one KStack; the grid: a StackGroup of 2)
-    with the same metrics."""
+    """Seconds for all the models batched as the lab trains them (kmlp.KModels), with the same metrics."""
     dev = get_device()
     data = make_data(cfg)
     t0 = time.perf_counter()
-    cls = kmlp.StackGroup if isinstance(cfg, GridConfig) else kmlp.KStack  # what the lab trains each part with
-    stack = cls(shapes, 2, data.classes, lrs, cfg.optimizer, cfg.seed, dev)
+    stack = kmlp.KModels(shapes, 2, data.classes, lrs, cfg.optimizer, cfg.seed, dev)
     per = math.ceil(len(data.y_train) / min(cfg.batch_size, len(data.y_train)))
     lab.train_stack(stack, data, cfg.batch_size, cfg.epochs * per, [per * e for e in range(1, cfg.epochs + 1)],
                     cfg.seed, [f"m{i}" for i in range(len(shapes))])
@@ -87,10 +89,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10, help="epochs per workload per round")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the app runs with 1)")
+    ap.add_argument("--parts", nargs="+", choices=list(PARTS.values()), default=list(PARTS.values()),
+                    help="workloads to run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"device: {describe_device()}; {args.epochs} epochs per workload, {args.rounds} rounds")
     for name, (cfg, shapes, lrs) in _workloads(args.epochs).items():
+        if PARTS[name] not in args.parts:
+            continue
         warm = type(cfg)(**{**cfg.__dict__, "epochs": 1})
         batched(warm, shapes, lrs)  # warm-up: first-use imports and allocations, not timed
         plain(warm, shapes[:1], lrs[:1])

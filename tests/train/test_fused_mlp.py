@@ -1,6 +1,7 @@
 """The fused K-MLP step: gradients, losses and logits equal autograd's for any depth, in both weight layouts
 (the sweep's bias rows, the race's nn.Linear views), padding stays zero, dropout masks are the stacked
-forward's, and both update styles equal torch.optim step by step for every optimizer they serve."""
+forward's, and both update styles equal torch.optim step by step for every optimizer they serve; models of several
+depths and with batch norm (per model) equal nn.Sequential + autograd, and per-model learning rates torch.optim."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from torch import nn
 
 from explorer.nets.small import (NetConfig, _autograd_train_step, _mlp_stacked, eval_logits_fn, flat_stack, flat_views,
                                  init_state, make_masks, stacked_forward, train_step_fn)
-from explorer.train.fused_mlp import (FLAT_KINDS, FlatOptimizer, FusedMLP, flat_layers, flat_size, init_model,
-                                      model_layers)
+from explorer.train.fused_mlp import (FLAT_KINDS, BatchNorm, FlatOptimizer, FusedMLP, flat_layers, flat_size,
+                                      init_model, model_index, model_layers, norm_size, norm_views)
 from explorer.train.optimizers import OPTIMIZERS, OptimizerConfig, build_shared_optimizers, config_for
 
 CPU = torch.device("cpu")
@@ -220,3 +221,149 @@ def test_bad_layers_and_a_step_without_gradients_are_refused() -> None:
         FusedMLP(layers).step(torch.randn(2, 40), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="takes 40"):
         FusedMLP(layers).logits(torch.randn(2, 39))
+
+
+# ---------------------------------------------------------------- depths, batch norm, per-model learning rates
+
+WIDTHS, DEPTHS, BN = [5, 3, 5, 4], [3, 3, 2, 1], [False, True, True, False]  # deepest first, BN models contiguous
+
+
+def _bn_stack(k: int = 4, in_dim: int = 6, classes: int = 3, seed: int = 0):
+    """K padded MLPs of WIDTHS and DEPTHS in one flat tensor (layers, then batch-norm scales) with random weights,
+    and per model an nn.Sequential (Linear [BatchNorm1d] ReLU ..., Linear) holding copies of its un-padded part."""
+    w_max, depth = max(WIDTHS), max(DEPTHS)
+    dims = [in_dim, *[w_max] * depth, classes]
+    n_lin = flat_size(k, dims)
+    flat = torch.zeros(n_lin + norm_size(k, dims))
+    layers, scales = flat_layers(flat[:n_lin], k, dims), norm_views(flat[n_lin:], k, dims)
+    gen = torch.Generator().manual_seed(seed)
+    models = []
+    for i, (w, d, bn) in enumerate(zip(WIDTHS, DEPTHS, BN)):
+        own = [in_dim, *[w] * d, classes]
+        mods: list[nn.Module] = []
+        for l, (a, o) in enumerate(zip(own[:-1], own[1:])):
+            wl, bl = layers[l if l < d else -1]
+            lin = nn.Linear(a, o)
+            with torch.no_grad():
+                wl[i, :a, :o] = torch.randn(a, o, generator=gen) * 0.6
+                bl[i, :o] = torch.randn(o, generator=gen) * 0.3
+                lin.weight.copy_(wl[i, :a, :o].T)
+                lin.bias.copy_(bl[i, :o])
+            mods.append(lin)
+            if l < d:
+                if bn:
+                    norm = nn.BatchNorm1d(o)
+                    with torch.no_grad():
+                        scales[l][0][i, :o] = torch.rand(o, generator=gen) + 0.5
+                        scales[l][1][i, :o] = torch.randn(o, generator=gen) * 0.2
+                        norm.weight.copy_(scales[l][0][i, :o])
+                        norm.bias.copy_(scales[l][1][i, :o])
+                    mods.append(norm)
+                mods.append(nn.ReLU())
+        models.append(nn.Sequential(*mods))
+    return flat, dims, n_lin, models
+
+
+def _bn_net(flat: torch.Tensor, grad: torch.Tensor, dims: list[int], n_lin: int) -> tuple[FusedMLP, BatchNorm]:
+    k = len(WIDTHS)
+    running = [(torch.zeros(k, h), torch.ones(k, h)) for h in dims[1:-1]]
+    norm = BatchNorm(norm_views(flat[n_lin:], k, dims), norm_views(grad[n_lin:], k, dims), running, BN)
+    return FusedMLP(flat_layers(flat[:n_lin], k, dims), flat_layers(grad[:n_lin], k, dims), depths=DEPTHS,
+                    norm=norm), norm
+
+
+def _ours(flat: torch.Tensor, dims: list[int], n_lin: int, i: int) -> list[torch.Tensor]:
+    """Model i's un-padded parameters in nn.Sequential's order (weights (out, in))."""
+    k, w, d = len(WIDTHS), WIDTHS[i], DEPTHS[i]
+    layers, scales = flat_layers(flat[:n_lin], k, dims), norm_views(flat[n_lin:], k, dims)
+    own = [dims[0], *[w] * d, dims[-1]]
+    out = []
+    for l, (a, o) in enumerate(zip(own[:-1], own[1:])):
+        wl, bl = layers[l if l < d else -1]
+        out += [wl[i, :a, :o].T, bl[i, :o]]
+        if l < d and BN[i]:
+            out += [scales[l][0][i, :o], scales[l][1][i, :o]]
+    return out
+
+
+def test_depths_and_batch_norm_step_equals_autograd() -> None:
+    flat, dims, n_lin, models = _bn_stack()
+    grad = torch.full_like(flat, float("nan"))
+    net, norm = _bn_net(flat, grad, dims, n_lin)
+    assert net.active == [4, 3, 2] and net.runs == [(0, 2, 3), (2, 3, 2), (3, 4, 1)]
+    x = torch.randn(11, dims[0], generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (11,), generator=torch.Generator().manual_seed(2))
+    loss = torch.empty(4)
+    net.step(x, y, loss=loss)
+    assert not grad.isnan().any()  # rows no step writes (skipped layers, scales of models without BN) are zeros
+    ref = [F.cross_entropy(m(x), y) for m in models]
+    torch.testing.assert_close(loss, torch.stack(ref).detach(), rtol=1e-6, atol=1e-6)
+    for i, (m, r) in enumerate(zip(models, ref)):
+        r.backward()
+        for ours, p in zip(_ours(grad, dims, n_lin, i), m.parameters()):
+            torch.testing.assert_close(ours, p.grad, rtol=1e-4, atol=1e-5, msg=f"model {i}")
+        bns = [mod for mod in m if isinstance(mod, nn.BatchNorm1d)]
+        for (rm, rv), bn in zip(norm.running, bns):  # the running statistics, updated as nn.BatchNorm1d's
+            torch.testing.assert_close(rm[i, :WIDTHS[i]], bn.running_mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(rv[i, :WIDTHS[i]], bn.running_var, rtol=1e-5, atol=1e-6)
+    # the padding's gradients are exactly zero: model 1 is 3 wide in a stack of 5, model 3 skips layers 1 and 2
+    gl = flat_layers(grad[:n_lin], 4, dims)
+    assert gl[0][0][1, :, 3:].abs().max() == 0 and gl[1][0][1, 3:].abs().max() == 0
+    assert gl[-1][0][1, 3:].abs().max() == 0
+    assert gl[1][0][3].abs().max() == 0 and gl[2][0][2:].abs().max() == 0
+    assert norm_views(grad[n_lin:], 4, dims)[0][0][[0, 3]].abs().max() == 0
+    for m in models:
+        m.eval()
+    with torch.no_grad():  # eval mode: each model's running statistics
+        want = torch.stack([m(x) for m in models])
+    torch.testing.assert_close(net.logits(x, classes_last=True), want, rtol=1e-5, atol=1e-5)
+    pats = net.patterns(x)
+    assert [tuple(p.shape) for p in pats] == [(4, 11, 5), (3, 11, 5), (2, 11, 5)] and not pats[0][1, :, 3:].any()
+
+
+@pytest.mark.parametrize("kind", FLAT_KINDS)
+def test_per_model_learning_rates_with_batch_norm_equal_torch_optim(kind: str) -> None:
+    """Four steps of the depths + batch-norm stack under FlatOptimizer with one learning rate per model (one of
+    them 0: frozen) equal each model's own nn.Sequential under torch.optim at its rate."""
+    lrs = [0.05, 0.02, 0.0, 0.1]
+    flat, dims, n_lin, models = _bn_stack(seed=3)
+    start = flat.clone()
+    grad = torch.zeros_like(flat)
+    net, _ = _bn_net(flat, grad, dims, n_lin)
+    opt = FlatOptimizer(config_for(kind, 0.05, momentum=0.9, weight_decay=0.01), flat)
+    lr = torch.tensor(lrs)[model_index(4, dims, norm=True)]
+    assert lr.shape == flat.shape
+    opts = [_torch_optim(kind, m.parameters(), v) for m, v in zip(models, lrs)]
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(4):
+        x, y = torch.randn(16, dims[0], generator=gen), torch.randint(0, 3, (16,), generator=gen)
+        net.step(x, y)
+        opt.step(grad, lr)
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+    for i, m in enumerate(models):
+        before_bn = {4 * l + 1 for l in range(DEPTHS[i])} if BN[i] else set()  # Linear biases: (W, b, gamma, beta)
+        for j, (ours, p) in enumerate(zip(_ours(flat, dims, n_lin, i), m.parameters())):
+            if kind == "adam" and j in before_bn:
+                continue  # its gradient is rounding noise (BN removes the mean), which Adam scales up to lr-steps
+            torch.testing.assert_close(ours, p.detach(), rtol=1e-4, atol=1e-5, msg=f"{kind} model {i} param {j}")
+    assert torch.equal(flat[model_index(4, dims, norm=True) == 2], start[model_index(4, dims, norm=True) == 2])
+
+
+def test_depths_and_batch_norm_are_checked() -> None:
+    flat, dims, n_lin, _ = _bn_stack()
+    layers = flat_layers(flat[:n_lin], 4, dims)
+    with pytest.raises(ValueError, match="deepest first"):
+        FusedMLP(layers, depths=[1, 3, 3, 2])
+    with pytest.raises(ValueError, match="from 1 to 3"):
+        FusedMLP(layers, depths=[4, 3, 3, 2])
+    running = [(torch.zeros(4, h), torch.ones(4, h)) for h in dims[1:-1]]
+    scales = norm_views(flat[n_lin:], 4, dims)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        FusedMLP(layers, norm=BatchNorm(scales, None, running, [True, False, True, False]))
+    with pytest.raises(ValueError, match="gradient views to train"):
+        FusedMLP(layers, flat_layers(torch.zeros_like(flat[:n_lin]), 4, dims),
+                 norm=BatchNorm(scales, None, running, BN))
+    assert model_index(2, [3, 4, 2]).tolist() == [0] * 16 + [1] * 16 + [0] * 10 + [1] * 10

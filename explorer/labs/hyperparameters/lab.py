@@ -1,12 +1,13 @@
 """The hyperparameter lab's three computations, cached by config: learning rates, batch sizes, depth x width.
 
-`run_lr` trains every (learning rate, batch norm) pair as ONE KStack run (K = 8 by default: one forward and
-one backward per step for all; a diverging model is marked and the others go on). `run_batch` trains one
-model per batch size (their step counts differ, so they run one after another). `run_grid` trains the depth
-row and the width row batched (kmlp.StackGroup): grouped by width (up to 2x the narrowest of a group), each group
-one KStack with widths padded to its widest by zero units and shallower models skipping the layers past their
-depth; then the class-probability field over the domain and the linear regions counted
-on a fine grid. Each `run_*` reports progress through a Reporter and stores its result in the cache.
+All models train with the house's K-model step (explorer.train.fused_mlp, through kmlp.KModels). `run_lr` trains
+every (learning rate, batch norm) pair as ONE batched run (K = 8 by default: one hand-written forward and backward
+per step for all, a learning rate per model; a diverging model is marked and the others go on). `run_batch` trains
+one model per batch size (their step counts differ, so they run one after another). `run_grid` trains the depth
+row and the width row batched: grouped by width (up to 2x the narrowest of a group), each group one FusedMLP with
+widths padded to its widest by zero units and shallower models skipping the layers past their depth; then the
+class-probability field over the domain and the linear regions counted on a fine grid. Each `run_*` reports
+progress through a Reporter and stores its result in the cache.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from explorer.core.jobs import JobContext
 from explorer.core.report import SILENT, Reporter
 from explorer.labs.hyperparameters.config import (DOMAIN, INPUT_SCALE, BatchSizeConfig, Data, GridConfig, LRConfig,
                                                   make_data, n_train, steps_table)
-from explorer.labs.hyperparameters.kmlp import KStack, Shape, StackGroup, region_bound
+from explorer.labs.hyperparameters.kmlp import KModels, Shape, region_bound
 
 KINDS = {"lr": "hyper-lr", "batch": "hyper-batch", "grid": "hyper-grid"}  # cache kind of each part
 PUBLISH_S = 0.25  # a job publishes a snapshot at most this often
@@ -44,14 +45,14 @@ def grid_name(depth: int, width: int) -> str:
     return f"depth {depth} x width {width}"
 
 
-def train_stack(stack: KStack | StackGroup, data: Data, batch: int, total_steps: int, eval_at: Sequence[int], seed: int,
+def train_stack(stack: KModels, data: Data, batch: int, total_steps: int, eval_at: Sequence[int], seed: int,
                 names: Sequence[str], *, report: Reporter = SILENT, on_eval: Callable[[dict], None] | None = None,
                 progress: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
     """Train the stack for total_steps minibatch steps over reshuffled epochs (one batch order for all K),
     evaluating train and test loss and accuracy at the steps in eval_at; divergence is checked at each."""
     dev = stack.device
-    x, y = data.x_train.to(dev), data.y_train.to(dev)
-    xt, yt = data.x_test.to(dev), data.y_test.to(dev)
+    x, y = stack.prepare(data.x_train.to(dev)), data.y_train.to(dev)
+    xt, yt = stack.prepare(data.x_test.to(dev)), data.y_test.to(dev)
     n = len(y)
     batch = min(batch, n)
     per_epoch = math.ceil(n / batch)
@@ -76,7 +77,7 @@ def flush_denormals() -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
-def _loop(stack: KStack | StackGroup, x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, batch: int,
+def _loop(stack: KModels, x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, batch: int,
           per_epoch: int, total_steps: int, marks: list[int], gen: torch.Generator, names: Sequence[str],
           hist: dict, report: Reporter, on_eval: Callable[[dict], None] | None, lo: float, hi: float) -> None:
     """train_stack's steps."""
@@ -127,7 +128,7 @@ def run_lr(cfg: LRConfig, report: Reporter = SILENT, device: torch.device | None
     pairs = [(lr, bn) for bn in cfg.bn for lr in cfg.lrs]
     names = [lr_name(lr, bn) for lr, bn in pairs]
     shapes = [Shape(cfg.depth, cfg.width, bn) for _, bn in pairs]
-    stack = KStack(shapes, 2, data.classes, [lr for lr, _ in pairs], cfg.optimizer, cfg.seed, device)
+    stack = KModels(shapes, 2, data.classes, [lr for lr, _ in pairs], cfg.optimizer, cfg.seed, device)
     per_epoch = math.ceil(len(data.y_train) / min(cfg.batch_size, len(data.y_train)))
     out: dict[str, Any] = {"names": names, "lr": [p[0] for p in pairs], "bn": [p[1] for p in pairs],
                            "steps_per_epoch": per_epoch, "diverged": [None] * len(pairs),
@@ -171,14 +172,14 @@ def run_batch(cfg: BatchSizeConfig, report: Reporter = SILENT, device: torch.dev
     for row in table:
         b, total = row["batch size"], row["total steps"]
         name = f"batch {b}"
-        stack = KStack([Shape(cfg.depth, cfg.width, cfg.bn)], 2, data.classes, [cfg.lr], cfg.optimizer, cfg.seed,
-                       device)
+        stack = KModels([Shape(cfg.depth, cfg.width, cfg.bn)], 2, data.classes, [cfg.lr], cfg.optimizer, cfg.seed,
+                        device)
         marks = sorted({max(1, round(total * (i + 1) / cfg.evals)) for i in range(cfg.evals)})
         run: dict[str, Any] = {"name": name, "batch size": b, "history": None, "diverged": None}
         out["runs"].append(run)
         t0 = time.perf_counter()
 
-        def on_eval(hist: dict, run: dict = run, stack: KStack = stack) -> None:
+        def on_eval(hist: dict, run: dict = run, stack: KModels = stack) -> None:
             run.update(history=hist, diverged=stack.diverged[0], diverged_step=stack.diverged_step[0])
             report.publish(_snapshot(out))
 
@@ -209,11 +210,11 @@ def run_grid(cfg: GridConfig, report: Reporter = SILENT,
     data = make_data(cfg)
     dims = cfg.shapes
     names = [grid_name(d, w) for d, w in dims]
-    stack = StackGroup([Shape(d, w, cfg.bn) for d, w in dims], 2, data.classes, [cfg.lr] * len(dims),
-                       cfg.optimizer, cfg.seed, device)
+    stack = KModels([Shape(d, w, cfg.bn) for d, w in dims], 2, data.classes, [cfg.lr] * len(dims),
+                    cfg.optimizer, cfg.seed, device)
     per_epoch = math.ceil(len(data.y_train) / min(cfg.batch_size, len(data.y_train)))
-    groups = [{"models": [names[i] for i in g], "depth": s.depth, "width": s.width}
-              for g, s in zip(stack.groups, stack.stacks)]
+    groups = [{"models": [names[i] for i in g], "depth": max(dims[i][0] for i in g),
+               "width": max(dims[i][1] for i in g)} for g in stack.groups]
     out: dict[str, Any] = {"names": names, "depth": [d for d, _ in dims], "width": [w for _, w in dims],
                            "groups": groups, "history": None}
     t0 = time.perf_counter()
