@@ -7,6 +7,9 @@ import sys
 
 # command -> (module, function taking argv, one-line help); modules are imported only when used
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "classify": ("explorer.labs.classifiers.cli", "main",
+                 "image classifiers: train a preset (simple, resnet9, resnet20, fast) or your settings; test metrics "
+                 "and the table of kept runs (--full: the report's GPU scale, --ship)"),
     "clr": ("explorer.labs.cyclical_lr.cli", "main",
             "cyclical learning rates on CIFAR-10 pixels: clr train | range | search | overfit"),
     "critical": ("explorer.labs.critical_points.cli", "main",

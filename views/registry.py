@@ -98,6 +98,10 @@ LABS = [
     LabPage("model_size", "Number of parameters vs generalisation", ":material/stacked_line_chart:",
             "Eleven two-conv CNNs, from a few thousand to over a hundred thousand parameters, trained alike: training "
             "and test accuracy and loss against the parameter count on a log axis.", section="Landscape and size"),
+    LabPage("classifiers", "Classifiers", ":material/image_search:",
+            "Train a simple CNN, ResNet9 or ResNet20 on CIFAR-10, Fashion-MNIST, MNIST or your own images with live "
+            "curves: test loss, top-1/top-5 error, a confusion matrix, per-class metrics, the most confident mistakes, "
+            "and every run compared in one table.", section="Workbench"),
     LabPage("deep_sets", "DeepSets: functions of sets", ":material/workspaces:",
             "Permutation-invariant networks on sets: sums, maxima and digit sums learnt from sets of 2-10 elements and "
             "tested on sets of up to 50, swept over layers and width, against an MLP that sees positions.",
