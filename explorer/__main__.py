@@ -37,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                   "sharpness vs batch size: top Hessian eigenvalue, epsilon-sharpness, input sensitivity per batch"),
     "shiplist": ("explorer.core.shiplist", "main",
                  "check that cache/shipped and its trust list agree (--write relists, after review)"),
+    "transfer": ("explorer.labs.transfer_learning.cli", "main",
+                 "transfer learning: scratch, linear probe, fine-tuning at several lrs, sklearn probe, boosting on a "
+                 "small CIFAR-10 task"),
     "trajectories": ("explorer.labs.weight_trajectories.cli", "main",
                      "weight trajectories of K seeds in PCA space: trajectories images|toy [--surface N]"),
     "sweep": ("explorer.labs.double_descent.run", "main", "run a double-descent sweep spec (TOML); resumes from the cache"),

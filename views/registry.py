@@ -102,6 +102,10 @@ LABS = [
             "Train a simple CNN, ResNet9 or ResNet20 on CIFAR-10, Fashion-MNIST, MNIST or your own images with live "
             "curves: test loss, top-1/top-5 error, a confusion matrix, per-class metrics, the most confident mistakes, "
             "and every run compared in one table.", section="Workbench"),
+    LabPage("transfer_learning", "Transfer learning", ":material/swap_horiz:",
+            "From scratch, a linear probe, fine-tuning at several learning rates, a scikit-learn probe and gradient "
+            "boosting on pixels, on one small cat-vs-dog task in one table, with the source model named.",
+            section="Workbench"),
     LabPage("deep_sets", "DeepSets: functions of sets", ":material/workspaces:",
             "Permutation-invariant networks on sets: sums, maxima and digit sums learnt from sets of 2-10 elements and "
             "tested on sets of up to 50, swept over layers and width, against an MLP that sees positions.",

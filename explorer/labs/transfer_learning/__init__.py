@@ -1,0 +1,1 @@
+"""Transfer learning compared in one table: scratch, linear probe, fine-tuning, scikit-learn probe, boosting."""
