@@ -221,7 +221,8 @@ def _curves(df: pd.DataFrame, y: str, lecture: bool, epochs: int | None = None, 
     chart = alt.Chart(df).mark_line(point=True).encode(**enc)
     if not color:
         chart = chart.encode(color=alt.value("#4c78a8"))
-    return for_lecture(chart.properties(height=300, title=title or f"{y} per epoch").interactive(), lecture)
+    title = (title or f"{y} per epoch") + " (solid: train, dashed: validation)"
+    return for_lecture(chart.properties(height=300, title=title).interactive(), lecture)
 
 
 def draw_history(h: dict, lecture: bool, epochs: int | None = None) -> None:
@@ -248,13 +249,15 @@ def _confusion_chart(m: dict, lecture: bool) -> alt.TopLevelMixin:
     base = alt.Chart(df).encode(
         x=alt.X("predicted:N", sort=classes, title="predicted class",
                 axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False)),
-        y=alt.Y("true:N", sort=classes, title="true class", axis=alt.Axis(labelLimit=120)))
+        y=alt.Y("true:N", sort=classes, title="true class", axis=alt.Axis(labelLimit=120, labelOverlap=False)))
     cells = base.mark_rect().encode(
-        color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="share of true class"),
+        color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="share of true class",
+                        legend=alt.Legend(orient="bottom", gradientLength=200)),
         tooltip=["true", "predicted", "count", alt.Tooltip("share:Q", format=".1%")])
     text = base.mark_text(fontSize=11 if len(classes) > 12 else 13).encode(
         text="count:Q", color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("#222")))
-    chart = (cells + text).properties(height=side, title="Confusion matrix (test)")
+    # a fixed row height (px): a height for the whole chart is shared with the legend, squeezing the rows
+    chart = (cells + text).properties(height=alt.Step(side // len(classes)), title="Confusion matrix (test)")
     return for_lecture(chart, lecture)
 
 
@@ -303,16 +306,17 @@ def draw_run(entry: Entry, lecture: bool) -> None:
         st.warning(plain(m["notice"]))
     st.subheader(plain(f"{m['title']} on {D.title(m['dataset'])}"))
     _scale_note(entry)
-    c = st.columns(5)
+    c = st.columns(6)  # one short number each: a longer value is cut off at 1280 px
     c[0].metric("Test loss", f"{t['loss']:.3f}")
     c[1].metric("Top-1 error", f"{t['top1_err']:.1%}")
     c[2].metric("Top-5 error", f"{t['top5_err']:.1%}")
-    best = m.get("best_epoch")
-    c[3].metric("Epochs", f"{m['epochs_run']}" + (f" (best {best})" if best and best != m["epochs_run"] else ""),
+    c[3].metric("Epochs run", f"{m['epochs_run']}")
+    c[4].metric("Best epoch", f"{m.get('best_epoch') or m['epochs_run']}",
                 help="the best epoch's weights are kept when early stopping is on")
-    c[4].metric("Training time", f"{m['train_seconds']:.0f} s", help=f"{m['images_per_s']:,.0f} images/s")
+    c[5].metric("Training time", f"{m['train_seconds']:.0f} s", help=f"{m['images_per_s']:,.0f} images/s")
     draw_history(m["history"], lecture)
-    left, right = chart_slots(lecture)
+    # the matrix needs the room: 3/5 of the width beside the table (full width, one per row, in lecture mode)
+    left, right = [st.container(), st.container()] if lecture else st.columns([3, 2])
     left.altair_chart(_confusion_chart(m, lecture), width="stretch")
     right.dataframe(_per_class(m), hide_index=True, key=K + "per_class",
                     column_config={k: st.column_config.NumberColumn(format="%.3f")
