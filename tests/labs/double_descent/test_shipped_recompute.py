@@ -37,6 +37,13 @@ NO_FINGERPRINT = {
     "fashion-cnn5-noise40": "no numerics fingerprint; re-ship: python -m explorer sweep "
                             "sweeps/fashion_cnn5_noise40.toml --force --ship (43 min)",
 }
+# Shipped with a numerics fingerprint that this machine's probe reproduces, yet the recompute differs from epoch 2
+# on (2026-12-02's second machine: epoch-2 train loss 2.3301201 vs shipped 2.3299291; the same at 046fcbb, whose CI
+# passed on the machine that shipped it): the probe does not tell these kernels apart. Not strict until the cause is
+# found (issue 14); re-ship on idle cores: python -m explorer sweep sweeps/cifar10_cnn5.toml --force --ship (14 min).
+DIFFERS_ON_SOME_CPUS = {
+    "cifar10-cnn5": "recompute differs from epoch 2 on some CPUs although the numerics probe matches (issue 14)",
+}
 
 
 def _shipped() -> list[Entry]:
@@ -55,6 +62,8 @@ def _params(reason_for: dict[str, str], unsure: dict[str, str] | None = None) ->
             return [pytest.mark.xfail(strict=True, reason=reason_for[name])]
         if name in unsure and e.meta.get("numerics") is None:
             return [pytest.mark.xfail(strict=False, reason=unsure[name])]
+        if name in DIFFERS_ON_SOME_CPUS:
+            return [pytest.mark.xfail(strict=False, reason=DIFFERS_ON_SOME_CPUS[name])]
         return []
 
     return [pytest.param(e, id=e.config["name"], marks=marks(e)) for e in _shipped()]
