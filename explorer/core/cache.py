@@ -931,6 +931,14 @@ def default_cache() -> Cache:
 _swept_shipped: set[Path] = set()
 
 
+def drop_shipped_scratch(*kinds: str) -> None:
+    """After a shipping command: remove the writer's scratch and lock folders of these kinds from cache/shipped, so
+    only entries are committed."""
+    for kind in kinds:
+        for scratch in (default_shipped_root() / kind / ".tmp", default_shipped_root() / kind / ".locks"):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def shipped_cache() -> Cache:
     """A Cache that writes into the shipped folder: for commands that produce results to commit with the app.
 

@@ -11,13 +11,12 @@ setting of the preset. `--ship` stores the run in cache/shipped (and its trust l
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from typing import Any
 
 import torch
 
-from explorer.core.cache import Cache, default_cache, default_shipped_root, shipped_cache
+from explorer.core.cache import Cache, default_cache, drop_shipped_scratch, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.data.datasets import DatasetUnavailable
@@ -113,6 +112,5 @@ def main(argv: list[str]) -> int:
     print(f"kept at {entry.path}\n")
     print(format_table(W.compare(W.runs(cache))))
     if args.ship:  # only entries are committed: drop the writer's scratch and lock folders
-        for scratch in (default_shipped_root() / W.KIND / ".tmp", default_shipped_root() / W.KIND / ".locks"):
-            shutil.rmtree(scratch, ignore_errors=True)
+        drop_shipped_scratch(W.KIND)
     return 0

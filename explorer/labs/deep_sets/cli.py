@@ -9,12 +9,11 @@ The default (sum of 2-10 numbers, L in 1,2, w in 16,64, test sizes up to 50) tak
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 
 import torch
 
-from explorer.core.cache import default_cache, default_shipped_root, shipped_cache
+from explorer.core.cache import default_cache, drop_shipped_scratch, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.deep_sets import sets
@@ -94,6 +93,5 @@ def main(argv: list[str]) -> int:
           f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
     print(format_table(m))
     if args.ship:  # only entries are committed: drop the writer's scratch and lock folders
-        for scratch in (default_shipped_root() / sets.KIND / ".tmp", default_shipped_root() / sets.KIND / ".locks"):
-            shutil.rmtree(scratch, ignore_errors=True)
+        drop_shipped_scratch(sets.KIND)
     return 0

@@ -9,12 +9,11 @@ cache/shipped (and its trust list).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 
 import torch
 
-from explorer.core.cache import default_cache, default_shipped_root, shipped_cache
+from explorer.core.cache import default_cache, drop_shipped_scratch, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.model_size import sizes
@@ -75,6 +74,5 @@ def main(argv: list[str]) -> int:
           f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
     print(format_table(m))
     if args.ship:  # only entries are committed: drop the writer's scratch and lock folders
-        for scratch in (default_shipped_root() / sizes.KIND / ".tmp", default_shipped_root() / sizes.KIND / ".locks"):
-            shutil.rmtree(scratch, ignore_errors=True)
+        drop_shipped_scratch(sizes.KIND)
     return 0

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 
-from explorer.core.cache import default_cache, default_shipped_root, shipped_cache
+from explorer.core.cache import default_cache, drop_shipped_scratch, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.sharpness import lab
@@ -62,6 +61,5 @@ def main(argv: list[str]) -> int:
           f"{entry.meta.get('wall_time_s', 0):.1f} s")
     print_table(m)
     if ship:  # only entries are committed: drop the writer's scratch and lock folders
-        for scratch in (default_shipped_root() / lab.KIND / ".tmp", default_shipped_root() / lab.KIND / ".locks"):
-            shutil.rmtree(scratch, ignore_errors=True)
+        drop_shipped_scratch(lab.KIND)
     return 0

@@ -11,12 +11,11 @@ list).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 
 import torch
 
-from explorer.core.cache import default_cache, default_shipped_root, shipped_cache
+from explorer.core.cache import default_cache, drop_shipped_scratch, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.transfer_learning import source as src
@@ -114,7 +113,5 @@ def main(argv: list[str]) -> int:
     print(format_table(m))
     print(f"ranking: {tl.ranking_text(m)}")
     if args.ship:  # only entries are committed: drop the writer's scratch and lock folders
-        for kind in (tl.KIND, src.SOURCE_KIND):
-            for scratch in (default_shipped_root() / kind / ".tmp", default_shipped_root() / kind / ".locks"):
-                shutil.rmtree(scratch, ignore_errors=True)
+        drop_shipped_scratch(tl.KIND, src.SOURCE_KIND)
     return 0
