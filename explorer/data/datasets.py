@@ -783,27 +783,29 @@ def _source(name: str) -> Source:
     return NAMES[name]
 
 
-_memo: OrderedDict[str, ArrayDataset] = OrderedDict()
+# A plain dict in insertion order (oldest first), not an OrderedDict: CI once saw an OrderedDict whose key was in
+# the table but not in its order list (KeyError in move_to_end under this lock); a dict has only the one structure.
+_memo: dict[str, ArrayDataset] = {}
 _memo_lock = threading.Lock()
 
 
 def _remember(key: str, ds: ArrayDataset) -> ArrayDataset:
     """Keep a loaded set in the process's memo (the MEMO_SIZE latest)."""
     with _memo_lock:
+        _memo.pop(key, None)
         _memo[key] = ds
-        _memo.move_to_end(key)
         while len(_memo) > MEMO_SIZE:
-            _memo.popitem(last=False)
+            del _memo[next(iter(_memo))]  # the oldest
     return ds
 
 
 def _recall(key: str) -> ArrayDataset | None:
-    """A memoised set, or None."""
+    """A memoised set, or None (moved to the newest end: a plain dict keeps insertion order)."""
     with _memo_lock:
-        if key in _memo:
-            _memo.move_to_end(key)
-            return _memo[key]
-    return None
+        ds = _memo.pop(key, None)
+        if ds is not None:
+            _memo[key] = ds
+    return ds
 
 
 def load(name: str, split: str = "train", *, data_dir: Path | None = None,
