@@ -101,11 +101,13 @@ def _upload_ui() -> str:
                 "unless the zip has train/ and test/ folders. " + U.limits_text())
         st.stop()
     try:
-        return U.register(f.getvalue(), f.name)
+        name = U.register(f.getvalue(), f.name)
     except D.DatasetUnavailable as err:
         st.error(plain(err))
         st.stop()
         raise
+    st.session_state.setdefault(K + "uploads", set()).add(name)  # its runs are listed to this visitor only
+    return name
 
 
 def _folder_ui() -> str:
@@ -341,6 +343,7 @@ def train_panel(cfg: ClassifierConfig, lecture: bool) -> bool:
     if c1.button("Train", type="primary", key=K + "train", disabled=mine and not job.is_final):
         job = start_job(SLOT, W.job(cfg, app_cache()), name="classifier", key=job_key(W.KIND, cfg))
         st.session_state[K + "job_cfg"] = cfg
+        st.session_state.setdefault(K + "mine", set()).add(cfg)
         mine = job is not None
     if mine and not job.is_final and c2.button("Stop", key=K + "stop"):
         stop_job(SLOT)
@@ -364,6 +367,11 @@ def train_panel(cfg: ClassifierConfig, lecture: bool) -> bool:
 def compare_ui(entries: list[Entry], shown: Entry | None, lecture: bool) -> None:
     """Every kept run side by side, the CSV, and any two runs' curves overlaid."""
     st.subheader("Kept runs")
+    mine = st.session_state.get(K + "mine", set())
+    if st.radio("Show", ["all", "mine"], horizontal=True, key=K + "kept_filter",
+                format_func={"all": "every kept run (shipped, and any visitor's on the shared data sets)",
+                             "mine": f"the runs I started in this session ({len(mine)})"}.get) == "mine":
+        entries = W.runs(app_cache(), uploads=st.session_state.get(K + "uploads", ()), only=mine)
     if not entries:
         st.info("No runs kept yet: train one above, or from a terminal with `python -m explorer classify`.")
         return
@@ -427,7 +435,7 @@ entry = W.cached(cfg, cache)
 running = False
 if entry is None:
     running = train_panel(cfg, lecture)
-kept = W.runs(cache)
+kept = W.runs(cache, uploads=st.session_state.get(K + "uploads", ()))
 if entry is not None:
     draw_run(entry, lecture)
 elif not running:

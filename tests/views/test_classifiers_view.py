@@ -58,6 +58,9 @@ def test_a_tiny_job_on_digits_shows_the_evaluation(page_cache):
     mine = table[~table["shipped"]]  # the shipped Simple CNN run is listed too
     assert len(mine) == 1 and list(mine["model"]) == ["Simple CNN x0.25"]
     assert len([e for e in W.runs(page_cache) if not e.shipped]) == 1
+    at.radio(key="cl_kept_filter").set_value("mine").run()  # only what this visitor trained
+    table = next(d.value for d in at.dataframe if "top-1 err" in d.value.columns)
+    assert list(table["model"]) == ["Simple CNN x0.25"] and not table["shipped"].any()
 
 
 def test_a_kept_run_is_shown_at_once(page_cache):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Collection
 from typing import Any, Callable
 
 import torch
@@ -30,7 +31,7 @@ from explorer.core.device import describe_device, get_device
 from explorer.core.jobs import JobContext
 from explorer.core.report import SILENT, Reporter, part
 from explorer.core.seeding import seeded
-from explorer.data.datasets import (NAMES, ArrayDataset, DatasetUnavailable, load, load_or_fallback,
+from explorer.data.datasets import (NAMES, UPLOAD_PREFIX, ArrayDataset, DatasetUnavailable, load, load_or_fallback,
                                     name_or_fallback, take, title)
 from explorer.labs.classifiers import presets as P
 from explorer.labs.classifiers.config import ClassifierConfig, flag_args, from_plain
@@ -270,10 +271,23 @@ def mistake_images(entry: Entry) -> torch.Tensor | None:
     return entry.tensors().get(MISTAKES)
 
 
-def runs(cache: Cache) -> list[Entry]:
-    """Every kept run (runtime and shipped), newest first."""
-    return sorted(cache.entries(KIND), key=lambda e: (str(e.meta.get("created", "")),
-                                                      float(e.meta.get("finished_unix", 0.0))), reverse=True)
+def runs(cache: Cache, uploads: Collection[str] = (), only: Collection[ClassifierConfig] | None = None) -> list[Entry]:
+    """The kept runs a visitor may see (runtime and shipped), newest first. A run on uploaded images holds some of
+    them (its mistakes gallery), so it is listed only to a visitor who uploaded that zip (`uploads`: the upload:<sha256>
+    names of this visitor's zips); `only` keeps just the runs of those settings (a visitor's own runs)."""
+    allowed = set(uploads)
+    if only is not None:
+        only = {resolve(c) for c in only}  # as kept: the data set that really ran, the network fitted to it
+    kept = []
+    for e in cache.entries(KIND):
+        dataset = str(e.config.get("dataset", "")) if isinstance(e.config, dict) else ""
+        if dataset.startswith(UPLOAD_PREFIX) and dataset not in allowed:
+            continue
+        if only is not None and config_of(e) not in only:
+            continue
+        kept.append(e)
+    return sorted(kept, key=lambda e: (str(e.meta.get("created", "")), float(e.meta.get("finished_unix", 0.0))),
+                  reverse=True)
 
 
 def run_label(entry: Entry) -> str:

@@ -190,3 +190,13 @@ def test_augmentation_and_family_reach_the_engine():
     cfg = tiny(**{"model.family": "resnet9", "fit.augment.translate": 2})
     assert isinstance(cfg.model, CNNConfig) and cfg.model.family == "resnet9"
     assert cfg.fit.augment == AugmentConfig(translate=2)
+
+
+def test_a_run_on_uploaded_images_is_listed_only_to_its_uploader(tiny_run):
+    cfg, cache, first = tiny_run
+    upload = "upload:" + "ab" * 32
+    theirs = dataclasses.replace(cfg, dataset=upload)
+    cache.put(W.KIND, theirs, first.metrics, first.tensors())  # its mistakes gallery holds the visitor's images
+    assert all(W.config_of(e) != theirs for e in W.runs(cache))
+    assert any(W.config_of(e) == theirs for e in W.runs(cache, uploads={upload}))
+    assert [e.key for e in W.runs(cache, uploads={upload}, only={cfg})] == [first.key]
