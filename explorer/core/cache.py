@@ -35,6 +35,7 @@ Trust model (one server, many visitors, other users on the machine):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import enum
@@ -931,21 +932,23 @@ def default_cache() -> Cache:
 _swept_shipped: set[Path] = set()
 
 
-def drop_shipped_scratch(*kinds: str) -> None:
-    """After a shipping command: remove the writer's scratch and lock folders of these kinds from cache/shipped, so
-    only entries are committed."""
-    for kind in kinds:
-        for scratch in (default_shipped_root() / kind / ".tmp", default_shipped_root() / kind / ".locks"):
-            shutil.rmtree(scratch, ignore_errors=True)
+def drop_shipped_scratch(root: Path | None = None) -> None:
+    """Remove every writer's scratch and lock folders (<kind>/.tmp, <kind>/.locks) from the shipped folder, so only
+    entries are committed. A process that opened shipped_cache() does it on exit."""
+    root = Path(root) if root is not None else default_shipped_root()
+    for scratch in (*root.glob("*/.tmp"), *root.glob("*/.locks")):
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def shipped_cache() -> Cache:
     """A Cache that writes into the shipped folder: for commands that produce results to commit with the app.
 
-    Its writes update the folder's trust list; the first call of a process sweeps the folder's temp space.
+    Its writes update the folder's trust list; the first call of a process sweeps the folder's temp space, and
+    registers drop_shipped_scratch for the process's exit (so no shipping command leaves scratch to commit).
     """
     cache = Cache(default_shipped_root())
     if cache.root not in _swept_shipped:
         _swept_shipped.add(cache.root)
         cache.sweep_temp()
+        atexit.register(drop_shipped_scratch, cache.root)
     return cache

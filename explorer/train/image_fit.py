@@ -270,9 +270,9 @@ def _set_dropout_generator(model: nn.Module, gen: torch.Generator | None) -> Non
 
 
 def _logits_chunks(model: nn.Module, data: ImageData, chunk: int, amp: torch.dtype | None,
-                   channels_last: bool) -> torch.Tensor:
+                   channels_last: bool, flip: bool = False) -> torch.Tensor:
     """Logits (N, K) float32 on the cpu, `chunk` images per forward; a chunk that runs out of memory is retried
-    in halves (down to one image)."""
+    in halves (down to one image). flip: the mean of the logits of each image and of its mirror image."""
     n, out, i = len(data), [], 0
     device = data.device
     while i < n:
@@ -283,6 +283,8 @@ def _logits_chunks(model: nn.Module, data: ImageData, chunk: int, amp: torch.dty
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with _autocast(device, amp):
                 z = model(xb)
+                if flip:
+                    z = (z.float() + model(xb.flip(-1)).float()) / 2
             out.append(z.float().cpu())
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
             if chunk == 1 or not is_out_of_memory(exc):
@@ -297,13 +299,14 @@ def _logits_chunks(model: nn.Module, data: ImageData, chunk: int, amp: torch.dty
 
 @torch.no_grad()
 def predict(model: nn.Module, data: ImageData, chunk: int = EVAL_CHUNK, *, amp: str = "off",
-            channels_last: bool = False) -> torch.Tensor:
+            channels_last: bool = False, flip_tta: bool = False) -> torch.Tensor:
     """The model's outputs (N, K) float32 on the cpu for every image of `data`, in eval mode and in chunks (out of
-    memory: retried in halves). The model's train/eval mode is restored afterwards."""
+    memory: retried in halves). flip_tta: test-time augmentation by horizontal flips (airbench's), the mean of the
+    logits of each image and its mirror image. The model's train/eval mode is restored afterwards."""
     was = model.training
     model.eval()
     try:
-        return _logits_chunks(model, data, chunk, check_amp(amp, data.device), channels_last)
+        return _logits_chunks(model, data, chunk, check_amp(amp, data.device), channels_last, flip_tta)
     finally:
         model.train(was)
 

@@ -63,6 +63,24 @@ def test_shipped_cache_writes_list_what_the_app_then_reads(tmp_path: Path, monke
     assert shipped_cache().delete(KIND, {"n": 1}) and trust_list(tmp_path / "app-shipped") == {}
 
 
+def test_a_shipping_process_leaves_only_entries_to_commit(tmp_path: Path, monkeypatch) -> None:
+    """shipped_cache() registers drop_shipped_scratch for the process's exit: every kind's .tmp and .locks go, the
+    entries and the trust list stay."""
+    root = tmp_path / "app-shipped"
+    monkeypatch.setattr(cache_module, "default_shipped_root", lambda: root)
+    registered = []
+    monkeypatch.setattr(cache_module.atexit, "register", lambda fn, *a: registered.append((fn, a)))
+    entry = shipped_cache().put(KIND, {"n": 2}, {"v": "shipped"})
+    for kind in (KIND, "other-kind"):
+        (root / kind / ".tmp" / "half-written").mkdir(parents=True, exist_ok=True)
+        (root / kind / ".locks").mkdir(exist_ok=True)
+    assert registered == [(cache_module.drop_shipped_scratch, (root,))]
+    fn, args = registered[0]
+    fn(*args)
+    assert not list(root.glob("*/.tmp")) and not list(root.glob("*/.locks"))
+    assert entry.path.is_dir() and audit_trust(root).ok
+
+
 def test_a_forged_shipped_entry_is_ignored_with_a_warning(shipped: Path, caplog) -> None:
     cache = Cache(shipped.parent / "rt", shipped)
     forged = cache.get(KIND, {"n": 1}).path

@@ -247,6 +247,9 @@ def test_predict_in_chunks_and_after_running_out_of_memory(digits: tuple[ImageDa
     picky = Picky().train()
     assert torch.allclose(predict(picky, val, chunk=100), full, atol=1e-5)
     assert picky.training  # the caller's mode comes back
+    mirrored = ImageData(val.x.flip(-1), val.y, val.mean, val.std, val.classes)
+    tta = predict(model, val, chunk=7, flip_tta=True)  # the mean of each image's and its mirror's logits
+    assert torch.allclose(tta, (full + predict(model, mirrored)) / 2, atol=1e-5)
 
 
 def test_evaluate_classifier() -> None:

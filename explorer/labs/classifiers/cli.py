@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from explorer.core.cache import Cache, default_cache, drop_shipped_scratch, shipped_cache
+from explorer.core.cache import Cache, default_cache, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.data.datasets import DatasetUnavailable
@@ -111,6 +111,4 @@ def main(argv: list[str]) -> int:
     print(format_run(entry))
     print(f"kept at {entry.path}\n")
     print(format_table(W.compare(W.runs(cache))))
-    if args.ship:  # only entries are committed: drop the writer's scratch and lock folders
-        drop_shipped_scratch(W.KIND)
     return 0

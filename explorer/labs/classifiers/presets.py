@@ -67,7 +67,7 @@ _FAST = ClassifierConfig(  # benchmarks/bench_classifiers.py's engine recipe (b)
     dataset="cifar10", n_train=50_000, n_val=0,
     model=CNNConfig(family="resnet9", width=0.25),
     fit=FitConfig(optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
-                  epochs=3, batch_size=256, label_smoothing=0.2, augment=AugmentConfig(flip=True, translate=2)))
+                  epochs=2, batch_size=256, label_smoothing=0.2, augment=AugmentConfig(flip=True, translate=2)))
 
 PRESETS: dict[str, Preset] = {
     "simple": Preset(
@@ -89,9 +89,9 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset(
         "Fast (this engine)", _FAST, _cpu(_FAST, width=0.25, n_train=20_000, n_val=2_000, epochs=5),
         None, "The engine's fastest CPU recipe (benchmarks/bench_classifiers.py): a quarter-width ResNet9, SGD with "
-              "Nesterov momentum 0.9 and a one-cycle schedule (peak 0.2) over 3 epochs, weight decay 5e-4, label "
+              "Nesterov momentum 0.9 and a one-cycle schedule (peak 0.2) over 2 epochs, weight decay 5e-4, label "
               "smoothing 0.2, flips and 2-pixel translations, batch 256; no validation set at full scale.",
-        "20,000 training images (2,000 held out for validation) instead of all 50,000, 5 epochs instead of 3"),
+        "20,000 training images (2,000 held out for validation) instead of all 50,000, 5 epochs instead of 2"),
 }
 DEFAULT = "simple"  # the page opens on this preset at CPU scale (the shipped run)
 SCALES = {"cpu": "CPU scale (what this app ships)", "full": "Full scale (the report's run, for a GPU)"}

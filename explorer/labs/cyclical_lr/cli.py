@@ -105,16 +105,19 @@ def main(argv: list[str]) -> int:
     sub = ap.add_subparsers(dest="which", required=True)
     p = sub.add_parser("train", help="one net with the triangular cyclical learning rate")
     _add_fields(p, lab.TrainConfig)
-    p.add_argument("--shipped", action="store_true", help="store the result in cache/shipped (to commit)")
+    p.add_argument("--ship", "--shipped", dest="shipped", action="store_true",
+                   help="store the result in cache/shipped (to commit)")
     r = sub.add_parser("range", help="the LR range test and the suggested eta_min, eta_max")
     _add_fields(r, lab.RangeConfig)
-    r.add_argument("--shipped", action="store_true", help="store the result in cache/shipped (to commit)")
+    r.add_argument("--ship", "--shipped", dest="shipped", action="store_true",
+                   help="store the result in cache/shipped (to commit)")
     _add_fields(sub.add_parser("search", help="coarse-to-fine search over lambda"), lab.SearchConfig)
     o = sub.add_parser("overfit", help="100 training images, no regularisation: train accuracy -> 100%")
     o.add_argument("--dataset", default="cifar10")
     o.add_argument("--model", default="two_layer")
     o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--shipped", action="store_true", help="store the result in cache/shipped (to commit)")
+    o.add_argument("--ship", "--shipped", dest="shipped", action="store_true",
+                   help="store the result in cache/shipped (to commit)")
     args = ap.parse_args(argv)
     try:
         if args.which == "train":

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from explorer.core.cache import default_cache, drop_shipped_scratch, shipped_cache
+from explorer.core.cache import default_cache, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.deep_sets import sets
@@ -92,6 +92,4 @@ def main(argv: list[str]) -> int:
           f"{m['train_sizes'][1]} · {m['n_train']} train / {m['n_val']} val / {m['n_test']} test sets per size · "
           f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
     print(format_table(m))
-    if args.ship:  # only entries are committed: drop the writer's scratch and lock folders
-        drop_shipped_scratch(sets.KIND)
     return 0

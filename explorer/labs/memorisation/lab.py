@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from explorer.core.cache import Cache, ComputeResult, Entry, default_cache, default_shipped_root, shipped_cache
+from explorer.core.cache import Cache, ComputeResult, Entry, default_cache, shipped_cache
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.jobs import JobContext
 from explorer.core.report import SILENT, Reporter, TerminalReporter, part
@@ -444,7 +443,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--modes", type=_csv(str), default=None, help="comma-separated corruption modes")
     ap.add_argument("--ps", type=_csv(float), default=None, help="comma-separated p values (sweep-p)")
     ap.add_argument("--widths", type=_csv(int), default=None, help="comma-separated widths (sweep-width)")
-    ap.add_argument("--shipped", action="store_true", help="store the result in cache/shipped (to commit)")
+    ap.add_argument("--ship", "--shipped", dest="shipped", action="store_true",
+                    help="store the result in cache/shipped (to commit)")
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args)
@@ -457,8 +457,4 @@ def main(argv: list[str]) -> int:
     print(f"{cli_command(cfg)}\n{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · "
           f"{entry.meta.get('code_version')} · {entry.path}")
     print(format_table(entry.metrics))
-    if args.shipped:  # only entries are committed: drop the writer's scratch and lock folders
-        for scratch in (*default_shipped_root().glob("memorise-*/.tmp"),
-                        *default_shipped_root().glob("memorise-*/.locks")):
-            shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from explorer.core.cache import default_cache, drop_shipped_scratch, shipped_cache
+from explorer.core.cache import default_cache, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.model_size import sizes
@@ -73,6 +73,4 @@ def main(argv: list[str]) -> int:
           f"{tuple(m['image_shape'])} · {m['epochs']} epochs · {m['seeds']} seed(s) per width · "
           f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
     print(format_table(m))
-    if args.ship:  # only entries are committed: drop the writer's scratch and lock folders
-        drop_shipped_scratch(sizes.KIND)
     return 0

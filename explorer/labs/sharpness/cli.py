@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import sys
 
-from explorer.core.cache import default_cache, drop_shipped_scratch, shipped_cache
+from explorer.core.cache import default_cache, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.sharpness import lab
@@ -60,6 +60,4 @@ def main(argv: list[str]) -> int:
           f"sharpness on {m['n_hessian']} training images · {entry.meta.get('device')} · "
           f"{entry.meta.get('wall_time_s', 0):.1f} s")
     print_table(m)
-    if ship:  # only entries are committed: drop the writer's scratch and lock folders
-        drop_shipped_scratch(lab.KIND)
     return 0

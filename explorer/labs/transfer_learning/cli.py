@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from explorer.core.cache import default_cache, drop_shipped_scratch, shipped_cache
+from explorer.core.cache import default_cache, shipped_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.transfer_learning import source as src
@@ -112,6 +112,4 @@ def main(argv: list[str]) -> int:
     print(f"source: {source['label']} ({source['why']})")
     print(format_table(m))
     print(f"ranking: {tl.ranking_text(m)}")
-    if args.ship:  # only entries are committed: drop the writer's scratch and lock folders
-        drop_shipped_scratch(tl.KIND, src.SOURCE_KIND)
     return 0
