@@ -208,7 +208,5 @@ if entry is not None and not running:
         st.warning(plain(entry.metrics["notice"]))
     draw(entry.metrics, lecture)
     show_provenance(entry, recompute=entry.meta.get("recompute"))
-    st.caption(f"The course report's run (20,000 images; a few minutes on a GPU): "
-               f"`{sizes.cli_command(sizes.GPU_RECIPE)}`.")
 else:
     _train_panel(cfg, lecture)

@@ -102,6 +102,20 @@ def test_the_shipped_default_loads_with_provenance(tmp_path):
     assert all(r["train acc"] > 0.5 and r["test acc"] > 0.5 for r in rows)
 
 
+def test_the_shipped_smallest_width_is_what_todays_code_computes(tmp_path):
+    """Today's code recomputes the shipped run's (8,8) network (trained alone; grouped training equals separate
+    training) from the shipped settings to the shipped final numbers: ~30 s on 2 cores, plus Fashion-MNIST."""
+    entry = sizes.cached(sizes.SizeConfig(), Cache(tmp_path / "runtime", shipped_root=default_shipped_root()))
+    cfg = sizes.SizeConfig(widths=(sizes.FAMILY[0],))
+    if sizes.resolve(cfg).dataset != "fashion_mnist":
+        pytest.skip("Fashion-MNIST is not here (EXPLORER_DATA_DIR)")
+    fresh = sizes.train_sizes(cfg, device=CPU)
+    shipped, now = entry.metrics["widths"][0], fresh["widths"][0]
+    assert shipped["label"] == now["label"] == "(8,8)"
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):  # bit-equal on the shipping machine (12-03)
+        assert now["final"][key] == pytest.approx(shipped["final"][key], rel=1e-4), key
+
+
 def test_cli_prints_the_table_and_refuses_bad_settings(capsys):
     assert cli.main(["--dataset", "digits", "--n-train", "160", "--n-test", "100", "--epochs", "1",
                      "--widths", "8x8,11x10", "--device", "cpu"]) == 0
