@@ -87,6 +87,22 @@ def test_cnn_vmap_path_per_model_inputs_matches_independent():
             torch.testing.assert_close(res.trainer.state(i)[name], t, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("hidden_fc", [False, True])
+def test_cnn_grouped_path_shared_inputs_matches_independent(hidden_fc):
+    """Shared inputs go through explorer.nets.small's grouped, channels-last forward (not vmap)."""
+    torch.manual_seed(3)
+    k, n = 3, 24
+    spec = ModelSpec(NetConfig("small_cnn", channels=4, depth=2, hidden_fc=hidden_fc, width=8), (1, 8, 8), 3)
+    cfg = BatchConfig(optimizer="adam", lr=0.01, batch_size=8, epochs=2, same_init=False)
+    x, y = torch.rand(n, 1, 8, 8), torch.randint(0, 3, (k, n))
+    res = train_batched(spec, cfg, k, x, y, device=CPU)
+    assert res.trainer.grouped and not res.trainer.fast
+    ref = _independent(spec, cfg, k, x, y, 2)
+    for i in range(k):
+        for name, t in ref[i].items():
+            torch.testing.assert_close(res.trainer.state(i)[name], t, rtol=1e-4, atol=1e-5)
+
+
 def test_metrics_shapes_and_uint8_images(recorder):
     k = 2
     spec = ModelSpec(_cnn(4, 1), (3, 8, 8), 10)
