@@ -148,31 +148,33 @@ def settings_ui(dataset: str) -> ClassifierConfig:
     base = P.PRESETS[s[K + "preset"]].at(s[K + "scale"])
     for name, path in WIDGETS.items():  # Streamlit forgets a widget's value after a run that did not draw it
         s.setdefault(K + name, get_path(base, path))
-    c = st.columns(5)
-    c[0].selectbox("Model", FAMILIES, format_func=lambda f: FAMILY_TITLES.get(f, f), key=K + "model")
-    c[1].number_input("Width multiplier", step=0.125, format="%.3g", key=K + "width", help="0.125 to 4 x the "
-                      "channels of the paper's network")
-    c[2].number_input("Dropout", step=0.05, format="%.2f", key=K + "dropout", help="the simple CNN's blocks only",
-                      disabled=s[K + "model"] != "simple")
-    c[3].number_input("Training images", step=1000, key=K + "n_train", help="a seeded subset of the training split")
-    c[4].number_input("Validation images", step=500, key=K + "n_val", help="held out from the training split")
-    c = st.columns(6)
-    c[0].selectbox("Optimizer", OPTIMIZERS, key=K + "optimizer")
-    c[1].number_input("Learning rate", format="%.3g", step=1e-4, key=K + "lr")
-    c[2].selectbox("Schedule", SCHEDULES, key=K + "schedule")
-    c[3].number_input("Weight decay", format="%.3g", step=1e-4, key=K + "wd")
-    c[4].number_input("Batch size", step=32, key=K + "batch")
-    c[5].number_input("Epochs", step=1, key=K + "epochs")
-    c = st.columns(5)
-    c[0].number_input("Label smoothing", step=0.05, format="%.2f", key=K + "smoothing")
-    c[1].number_input("Gradient clip (norm)", step=0.05, format="%.3g", key=K + "clip", help="0: off")
-    c[2].number_input("Early stopping patience", step=1, key=K + "patience",
-                      help="epochs without a better validation loss before stopping (0: off); the best weights are "
-                           "kept")
-    c[3].number_input("Momentum (SGD)", step=0.05, format="%.2f", key=K + "momentum",
-                      disabled=s[K + "optimizer"] != "sgd")
-    c[4].checkbox("Nesterov (SGD)", key=K + "nesterov", disabled=s[K + "optimizer"] != "sgd")
-    with st.expander("Augmentation (batched tensor ops on the device)"):
+    with st.expander("Model and training settings (the preset's; change any)", expanded=False):
+        c = st.columns(5)
+        c[0].selectbox("Model", FAMILIES, format_func=lambda f: FAMILY_TITLES.get(f, f), key=K + "model")
+        c[1].number_input("Width multiplier", step=0.125, format="%.3g", key=K + "width", help="0.125 to 4 x the "
+                          "channels of the paper's network")
+        c[2].number_input("Dropout", step=0.05, format="%.2f", key=K + "dropout",
+                          help="the simple CNN's blocks only", disabled=s[K + "model"] != "simple")
+        c[3].number_input("Training images", step=1000, key=K + "n_train",
+                          help="a seeded subset of the training split")
+        c[4].number_input("Validation images", step=500, key=K + "n_val", help="held out from the training split")
+        c = st.columns(6)
+        c[0].selectbox("Optimizer", OPTIMIZERS, key=K + "optimizer")
+        c[1].number_input("Learning rate", format="%.3g", step=1e-4, key=K + "lr")
+        c[2].selectbox("Schedule", SCHEDULES, key=K + "schedule")
+        c[3].number_input("Weight decay", format="%.3g", step=1e-4, key=K + "wd")
+        c[4].number_input("Batch size", step=32, key=K + "batch")
+        c[5].number_input("Epochs", step=1, key=K + "epochs")
+        c = st.columns(5)
+        c[0].number_input("Label smoothing", step=0.05, format="%.2f", key=K + "smoothing")
+        c[1].number_input("Gradient clip (norm)", step=0.05, format="%.3g", key=K + "clip", help="0: off")
+        c[2].number_input("Early stopping patience", step=1, key=K + "patience",
+                          help="epochs without a better validation loss before stopping (0: off); the best "
+                               "weights are kept")
+        c[3].number_input("Momentum (SGD)", step=0.05, format="%.2f", key=K + "momentum",
+                          disabled=s[K + "optimizer"] != "sgd")
+        c[4].checkbox("Nesterov (SGD)", key=K + "nesterov", disabled=s[K + "optimizer"] != "sgd")
+        st.markdown("**Augmentation** (batched tensor ops on the device)")
         c = st.columns(6)
         c[0].checkbox("Horizontal flips", key=K + "flip")
         c[1].number_input("Translate (px)", step=1, key=K + "translate", help="random shifts up to this many pixels")
@@ -180,8 +182,8 @@ def settings_ui(dataset: str) -> ClassifierConfig:
         c[2].number_input("Rotate (degrees)", step=5.0, format="%.3g", key=K + "rotate")
         c[3].number_input("Zoom (fraction)", step=0.05, format="%.2f", key=K + "zoom", help="0.1: scale 0.9 to 1.1")
         c[4].number_input("Cutout (px)", step=4, key=K + "cutout", help="side of a blanked square (0: off)")
-    with st.expander("Test images and seed"):
-        c = st.columns(2)
+        st.markdown("**Test images and seed**")
+        c = st.columns(6)
         c[0].number_input("Test images", step=1000, key=K + "n_test")
         c[1].number_input("Seed", step=1, key=K + "seed")
     values = {path: s[K + name] for name, path in WIDGETS.items()}
@@ -199,11 +201,11 @@ def cost_row(cfg: ClassifierConfig) -> None:
     shape, _ = W.data_shape(cfg.dataset)
     params, flops = _cost(json.dumps(to_plain(cfg.model), sort_keys=True), tuple(shape))
     c = st.columns(3)
-    c[0].metric("Parameters", f"{params:,}")
+    c[0].metric("Parameters", f"{params:,}", help=f"{model_title(cfg.model)} on {shape[0]}x{shape[1]}x{shape[2]} "
+                f"images, {cfg.model.classes} classes")
     c[1].metric("MFLOPs per image", f"{flops / 1e6:,.1f}", help="forward pass: multiply-adds x 2")
     c[2].metric("Training TFLOPs", f"{W.work(cfg, flops) / 1e12:,.2f}",
                 help="about 3 x forward FLOPs x training images x epochs")
-    st.caption(f"{model_title(cfg.model)} on {shape[0]}x{shape[1]}x{shape[2]} images, {cfg.model.classes} classes.")
 
 
 # ---------------------------------------------------------------- charts
