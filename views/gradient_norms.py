@@ -1,6 +1,9 @@
-"""Gradient norms: vanishing gradients in deep MLPs (plain, batch norm, residual) and their fixes, layer by layer."""
+"""Gradient norms: vanishing gradients in deep MLPs (plain, batch norm, residual) and their fixes, layer by layer;
+and loss and gradient norms, live, of any lab model (the MLP or one of the course's CNNs)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import altair as alt
 import pandas as pd
@@ -10,6 +13,7 @@ from explorer.core.config import ConfigError
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.gradient_norms import lab
+from explorer.nets.cnn import WIDTH_RANGE
 from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
                            poll_job, settings_from_url, start_job, stop_job)
 
@@ -165,17 +169,18 @@ def heat_frame(h: dict) -> pd.DataFrame:
     keep = list(range(0, len(its), stride))
     if keep and keep[-1] != len(its) - 1:
         keep.append(len(its) - 1)
+    names = h.get("layers") or [f"layer {i}" for i in range(1, h["depth"] + 1)]
     rows = []
     for j in keep:
         for i, v in enumerate(h["layer_norms"][j]):
-            rows.append({"iteration": its[j], "layer": i + 1, "gradient norm": v,
+            rows.append({"iteration": its[j], "layer": i + 1, "name": names[i], "gradient norm": v,
                          "log10 norm": lab.log10_or_none(v), "exactly zero": v == 0.0})
-    return pd.DataFrame(rows, columns=["iteration", "layer", "gradient norm", "log10 norm", "exactly zero"])
+    return pd.DataFrame(rows, columns=["iteration", "layer", "name", "gradient norm", "log10 norm", "exactly zero"])
 
 
 def heat_chart(df: pd.DataFrame, title: str, lecture: bool) -> alt.TopLevelMixin:
     """Layer x iteration heatmap of log10 gradient norms; exact zeros black, with their own legend entry."""
-    tip = ["layer", "iteration", alt.Tooltip("gradient norm:Q", format=".3e"), "exactly zero"]
+    tip = ["layer", "name", "iteration", alt.Tooltip("gradient norm:Q", format=".3e"), "exactly zero"]
     x = alt.X("iteration:O", axis=alt.Axis(labelOverlap=True, labelAngle=0))
     y = alt.Y("layer:O", sort="descending", title="layer (1 = input)")
     pos = alt.Chart(df[~df["exactly zero"]]).mark_rect().encode(
@@ -321,6 +326,120 @@ def explorer_section(cfg: lab.CompareConfig, lecture: bool, busy: Job | None) ->
     poll_job(job, draw, every=0.5)
 
 
+# --- any model ----------------------------------------------------------------------------------------------
+
+ANY_START = lab.RunConfig(network="simple", data="digits")  # the section's first settings: a CNN, not the MLP above
+
+
+def profile_frame(h: dict) -> pd.DataFrame:
+    """Long table layer, name, when (first / last iteration), norm; exact zeros left out (a log axis has no 0)."""
+    names = h.get("layers") or [f"layer {i}" for i in range(1, h["depth"] + 1)]
+    rows = [{"layer": i + 1, "name": names[i], "when": f"{when} iteration ({h['iteration'][at]:,})",
+             "gradient norm": v}
+            for when, at in (("first", 0), ("last", -1)) for i, v in enumerate(h["layer_norms"][at]) if v > 0]
+    return pd.DataFrame(rows, columns=["layer", "name", "when", "gradient norm"])
+
+
+def profile_chart(df: pd.DataFrame, title: str, lecture: bool) -> alt.TopLevelMixin:
+    """Each recorded layer's gradient norm at the first and the last iteration, log scale, layers in forward order."""
+    order = list(dict.fromkeys(df.sort_values("layer")["name"]))
+    chart = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("name:N", sort=order, title="layer (forward order)", axis=alt.Axis(labelAngle=-45)),
+        y=alt.Y("gradient norm:Q", title="‖∂loss/∂W‖ (log scale)", scale=alt.Scale(type="log")),
+        color=alt.Color("when:N", legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["name", "layer", "when", alt.Tooltip("gradient norm:Q", format=".3e")]).properties(
+        height=320, title=title)
+    return for_lecture(chart, lecture)
+
+
+def draw_any(h: dict, rc: lab.RunConfig, lecture: bool) -> None:
+    """Loss and total gradient norm against iteration, then the per-layer norms (profile and heatmap)."""
+    if h.get("notice"):
+        st.warning(plain(h["notice"]))
+    curves = curve_frame([h])
+    loss, norm = curve_charts(curves, lecture)
+    left, right = chart_slots(lecture)
+    left.altair_chart(loss, width="stretch", key=K + "any_loss")
+    right.altair_chart(norm, width="stretch", key=K + "any_norm")
+    what = "Conv2d and Linear" if rc.is_cnn else "Linear"
+    st.altair_chart(profile_chart(profile_frame(h), f"{h['name']}: every {what} layer's gradient norm", lecture),
+                    width="stretch", key=K + "any_profile")
+    heat = heat_frame(h)
+    st.altair_chart(heat_chart(heat, f"{h['name']}: log10 gradient norm per layer and iteration", lecture),
+                    width="stretch", key=K + "any_heat")
+    z, n = lab.zeros(h)
+    st.caption(plain(f"{h['name']}: {len(h['iteration']):,} iterations, loss {h['loss'][0]:.3f} to "
+                     f"{h['loss'][-1]:.3f}, {h['depth']} {what} layers recorded"
+                     + (f", {z:,} of {n:,} layer norms exactly 0" if z else "") + "; "
+                     + lab.ratio_text(h, 0) + " at iteration 1."))
+    c1, c2 = st.columns(2)
+    with c1:
+        _download(curves, "Loss and total norm (CSV)", "gradient-norms-any-curves.csv", "dl_any_curves")
+    with c2:
+        _download(heat, "Per-layer norms (CSV)", "gradient-norms-any-layers.csv", "dl_any_layers")
+
+
+def any_model_ui(cfg: lab.CompareConfig) -> lab.RunConfig:
+    """Network, data, width multiplier, iterations, learning rate, batch size -> one RunConfig (an MLP takes its
+    width, activation, initialisation, numbers and seed from the settings above, its depth and variant from the
+    depth explorer)."""
+    c1, c2, c3 = st.columns(3)
+    network = c1.selectbox("Network", list(lab.NETWORKS), index=list(lab.NETWORKS).index(ANY_START.network),
+                           format_func=lab.NETWORKS.get, key=K + "any_network")
+    data = c2.selectbox("Data", list(lab.DATA), index=list(lab.DATA).index(ANY_START.data), format_func=lab.DATA.get,
+                        key=K + "any_data", help="a CNN needs an image set (kept as channels x height x width)")
+    lo, hi = WIDTH_RANGE
+    cnn_width = c3.number_input("Width multiplier (CNN)", min_value=lo, max_value=hi, value=ANY_START.cnn_width,
+                                step=0.125, format="%.3g", key=K + "any_cnn_width", disabled=network == "mlp",
+                                help="the family's channels times this, rounded (at least 4)")
+    c1, c2, c3 = st.columns(3)
+    iterations = c1.number_input("Iterations", value=ANY_START.iterations, step=50, key=K + "any_iterations",
+                                 help=f"1 to {lab.MAX_ITERATIONS:,}")
+    lr = c2.number_input("Learning rate", value=ANY_START.lr, format="%.4g", key=K + "any_lr",
+                         help="plain SGD (no momentum)")
+    batch = c3.number_input("Batch size", value=ANY_START.batch_size, step=16, key=K + "any_batch")
+    depth = int(st.session_state.get(K + "depth", SCHEMA["depth"].default))
+    variant = st.session_state.get(K + "variant", SCHEMA["variant"].default)
+    return config_or_stop(lambda: replace(cfg.runs()[0], network=network, data=data, cnn_width=float(cnn_width),
+                                          iterations=int(iterations), lr=float(lr), batch_size=int(batch),
+                                          depth=depth, variant=variant))
+
+
+def any_model_section(cfg: lab.CompareConfig, lecture: bool) -> None:
+    """One run of any lab model: drawn from the cache at once, else trained as a live background job on request."""
+    rc = any_model_ui(cfg)
+    entry = lab.cached(rc, app_cache())
+    if entry is not None:
+        draw_any(lab.from_entry(entry).to_dict(), rc, lecture)
+        return
+    job = get_job("gn_any")
+    mine = job is not None and st.session_state.get(K + "any_cfg") == rc
+    c1, c2 = st.columns([1, 4])
+    if c1.button("Train this model", type="primary", key=K + "any_train", disabled=mine and not job.is_final):
+        job = start_job("gn_any", lab.run_job(rc, app_cache()), name="gradient norms, any model",
+                        key=job_key(lab.KIND, rc))
+        st.session_state[K + "any_cfg"] = rc
+        mine = job is not None
+    if not mine:
+        st.info(f"{rc.name} on {lab.DATA[rc.data]}: {lab.cost_text(rc)}. Press **Train this model** to train it in "
+                "the background with live charts.")
+        return
+    if not job.is_final and c2.button("Stop", key=K + "any_stop"):
+        stop_job("gn_any")
+
+    def draw(j: Job) -> None:
+        st.progress(j.progress, text=j.message or j.state.value)
+        snap = j.snapshot
+        if snap is None:
+            return
+        if snap.get("diverged"):
+            st.error(plain(snap["diverged"]))
+        elif snap.get("run") and snap["run"]["layer_norms"]:
+            draw_any(snap["run"], rc, lecture)
+
+    poll_job(job, draw, every=0.5)
+
+
 # --- page ----------------------------------------------------------------------------------------------------
 
 st.title("Gradient norms and vanishing gradients")
@@ -341,5 +460,11 @@ try:
     st.caption("Move the slider: a depth already computed (here or by anyone with the same settings) is drawn at "
                "once from the cache; a new one trains in seconds.")
     explorer_section(cfg, lecture, running)
+    st.subheader("Any model: loss and gradient norm, live")
+    st.caption("Train one network, the deep MLP or one of the course's CNNs, with the same plain SGD, and watch its "
+               "loss, its total gradient norm and every layer's gradient norm (each Conv2d and Linear layer of a "
+               "CNN, in forward order). The MLP uses the width, activation and initialisation above and the depth "
+               "explorer's depth and variant; a CNN uses its width multiplier.")
+    any_model_section(cfg, lecture)
 except ConfigError as exc:
     st.error("Setting refused: " + plain(exc))

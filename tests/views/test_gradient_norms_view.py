@@ -106,3 +106,26 @@ def test_a_diverging_run_stops_and_says_why_while_the_others_are_drawn(page_cach
     assert any("residual\\, depth 60 diverged at step" in e for e in errors)  # the compare job's, and the heatmap's
     assert any("learning rate 1 is probably too high" in e for e in errors)
     assert len(at.get("vega_lite_chart")) >= 3  # the runs that did not diverge are drawn
+
+
+def _any_done(at: AppTest) -> bool:
+    return any("layers recorded" in c.value for c in at.caption)
+
+
+def test_any_model_section_trains_a_cnn_live_and_refuses_one_on_a_toy_set(page_cache):
+    at = _app(iterations="3", width="8", depth="4")
+    _wait(at, lambda a: _finished(a) and _heat(a))  # the MLP jobs above first: their last rerun would eat a click
+    assert not at.exception and at.selectbox(key="gn_any_network").value == "simple"
+    at.number_input(key="gn_any_iterations").set_value(3)
+    at.number_input(key="gn_any_batch").set_value(16)
+    at.number_input(key="gn_any_cnn_width").set_value(0.125).run()
+    assert any("FLOPs" in i.value for i in at.info)  # the run's size, before anything trains
+    at.button(key="gn_any_train").click().run()
+    _wait(at, _any_done, 60)
+    assert not at.exception and not at.error and _any_done(at)
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert any("conv 1" in s and "fc" in s for s in specs)  # the per-layer charts name the CNN's layers
+    assert any("simple CNN, width x0.125: every Conv2d and Linear layer" in s for s in specs)
+    assert any("Total gradient norm (log scale)" in s for s in specs) and any("Loss per iteration" in s for s in specs)
+    at.selectbox(key="gn_any_data").set_value("spiral").run()
+    assert any("a CNN needs image data" in e.value for e in at.error)

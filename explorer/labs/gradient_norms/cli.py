@@ -1,7 +1,8 @@
-"""`python -m explorer gradnorms`: per-layer gradient norms of deep MLPs, printed as a table.
+"""`python -m explorer gradnorms`: per-layer gradient norms of deep MLPs or of a CNN, printed as a table.
 
-For each depth and variant: the Frobenius norm of the first, middle and last Linear layer's weight gradient at the
-first and the last iteration, and how many layer norms of the run were exactly 0.
+MLP (the default): for each depth and variant, the Frobenius norm of the first, middle and last Linear layer's weight
+gradient at the first and the last iteration, and how many layer norms of the run were exactly 0. With `--network`
+a CNN family (simple, resnet9, resnet20): one run on an image set, every Conv2d and Linear layer's norm.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from explorer.core.cache import default_cache
 from explorer.core.config import ConfigError
 from explorer.core.device import configure_threads
 from explorer.labs.gradient_norms import lab
+from explorer.nets.cnn import WIDTH_RANGE
 from explorer.train.evaluate import Diverged
 
 
@@ -33,18 +35,24 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--activation", default=d.activation, help=", ".join(lab.ACTIVATIONS))
     ap.add_argument("--init", default=d.init, help=", ".join(lab.INITS))
     ap.add_argument("--dtype", default=d.dtype, help=", ".join(lab.DTYPES))
-    ap.add_argument("--data", default=d.data, help=", ".join(lab.DATA))
+    ap.add_argument("--data", default=None, help=", ".join(lab.DATA) + f" (default {d.data}; digits for a CNN)")
     ap.add_argument("--width", type=int, default=d.width)
     ap.add_argument("--iterations", type=int, default=d.iterations)
     ap.add_argument("--lr", type=float, default=d.lr, help="plain SGD's step size")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--network", default="mlp", help=", ".join(lab.NETWORKS) + " (a CNN ignores --depth, --variant, "
+                    "--activation, --init and --width)")
+    ap.add_argument("--cnn-width", type=float, default=lab.RunConfig.cnn_width,
+                    help=f"a CNN's channel multiplier ({WIDTH_RANGE[0]:g} to {WIDTH_RANGE[1]:g})")
     ap.add_argument("--no-cache", action="store_true", help="train again even when the runs are cached")
     args = ap.parse_args(argv)
     configure_threads()  # tiny layers: one intra-op thread is 10x faster than two fighting over busy cores
+    if args.network != "mlp":
+        return _cnn(args)
     try:
         cfg = lab.CompareConfig(variants=tuple(v.strip() for v in args.variant.split(",") if v.strip()),
-                                depths=_ints(args.depth), data=args.data, width=args.width,
+                                depths=_ints(args.depth), data=args.data or d.data, width=args.width,
                                 activation=args.activation, init=args.init, dtype=args.dtype,
                                 iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
         start = time.perf_counter()
@@ -67,4 +75,31 @@ def main(argv: list[str]) -> int:
     for r in lab.table(hists):
         print(f"{r['run']:24s} {r['layer']:>5d} {r['first iteration']:>12.3e} {r['last iteration']:>12.3e}  "
               f"{r['exact zeros in run']}")
+    return 0
+
+
+def _cnn(args: argparse.Namespace) -> int:
+    """One CNN run: every Conv2d and Linear layer's weight-gradient norm at the first and last iteration."""
+    try:
+        cfg = lab.RunConfig(network=args.network, cnn_width=args.cnn_width, data=args.data or "digits",
+                            dtype=args.dtype, iterations=args.iterations, lr=args.lr, batch_size=args.batch_size,
+                            seed=args.seed)
+        start = time.perf_counter()
+        h = lab.train(cfg, cache=default_cache()) if args.no_cache else lab.run(cfg, default_cache())
+    except ConfigError as exc:
+        print(f"setting refused: {exc}", file=sys.stderr)
+        return 2
+    except Diverged as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    if h.notice:
+        print(h.notice, file=sys.stderr)
+    print(f"{h.name} · {lab.DATA[cfg.data]} · {cfg.dtype} · SGD lr {cfg.lr:g} · batch {cfg.batch_size} · "
+          f"{cfg.iterations} iterations ({lab.cost_text(cfg)}) · {time.perf_counter() - start:.1f} s")
+    print(f"loss {h.loss[0]:.4f} -> {h.loss[-1]:.4f}; total gradient norm {h.total_norm[0]:.3e} -> "
+          f"{h.total_norm[-1]:.3e}")
+    print("Frobenius norm of each Conv2d and Linear layer's weight gradient, in forward order.")
+    print(f"{'layer':>8s} {'iteration 1':>12s} {'last':>12s}")
+    for i, name in enumerate(h.layers):
+        print(f"{name:>8s} {h.layer_norms[0][i]:>12.3e} {h.layer_norms[-1][i]:>12.3e}")
     return 0

@@ -1,12 +1,14 @@
-"""Gradient norms and vanishing gradients: the Frobenius norm of every Linear layer's weight gradient, per iteration.
+"""Gradient norms and vanishing gradients: the Frobenius norm of every layer's weight gradient, per iteration.
 
-A `RunConfig` is one deep MLP (`depth` Linear layers: input -> width, depth - 2 hidden width -> width, width ->
-classes) in one `VARIANTS` arrangement (plain, batch norm after every hidden Linear, or pre-activation residual
-blocks), with one activation and initialisation, trained with plain SGD (no momentum: Adam would rescale the tiny
-gradients and hide what they are) on a 2D toy set or a flattened image set. `train` records, at every iteration
-before the step, the loss, the total gradient norm (all parameters) and each Linear layer's weight-gradient norm.
-A non-finite loss stops the run with `Diverged`. A `CompareConfig` is several variants at several depths, the
-side-by-side view; each of its runs is cached on its own, so the depth explorer reuses them.
+A `RunConfig` is one network trained with plain SGD (no momentum: Adam would rescale the tiny gradients and hide
+what they are). Its `network` is either "mlp", a deep MLP (`depth` Linear layers: input -> width, depth - 2 hidden
+width -> width, width -> classes) in one `VARIANTS` arrangement (plain, batch norm after every hidden Linear, or
+pre-activation residual blocks) with one activation and initialisation, on a 2D toy set or a flattened image set;
+or one of the course's CNN families (explorer.nets.cnn: simple, resnet9, resnet20) at a width multiplier, on an
+image set kept as (C, H, W). `train` records, at every iteration before the step, the loss, the total gradient
+norm (all parameters) and the weight-gradient norm of each Linear (MLP) or each Conv2d and Linear layer (CNN), in
+forward order. A non-finite loss stops the run with `Diverged`. A `CompareConfig` is several MLP variants at
+several depths, the side-by-side view; each of its runs is cached on its own, so the depth explorer reuses them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -25,6 +28,7 @@ from explorer.core.device import get_device
 from explorer.core.jobs import JobContext
 from explorer.core.seeding import seeded
 from explorer.data import datasets, toy2d
+from explorer.nets import cnn
 from explorer.train.evaluate import Diverged, diverged_message, first_nonfinite
 
 VARIANTS = {"plain": "plain", "batchnorm": "batch norm", "residual": "residual"}
@@ -33,34 +37,43 @@ INITS = {"pytorch": "PyTorch default (uniform ±1/√fan_in)", "he": "He (normal
          "xavier": "Xavier / Glorot (normal)"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DATA = {"spiral": "2D spiral (toy)", "circle": "2D circle (toy)", "xor": "2D XOR (toy)",
-        "digits": "Digits 8x8 (embedded)", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+        "digits": "Digits 8x8 (embedded)", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 TOY = ("spiral", "circle", "xor")
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+NETWORKS = {"mlp": "deep MLP", "simple": "simple CNN", "resnet9": "ResNet9", "resnet20": "ResNet20"}
+assert set(NETWORKS) == {"mlp", *cnn.FAMILIES}  # every CNN family of explorer.nets.cnn, and the MLP
+MLP_ONLY = ("depth", "width", "activation", "variant", "init")  # set to their defaults for a CNN
 MAX_DEPTH = 60
 MAX_WIDTH = 256
 MAX_ITERATIONS = 2000
 MAX_WORK = 200_000_000  # parameter-iterations (`work`) of one run: tens of seconds on a 2-core CPU
+MAX_FLOPS = 2e12  # a CNN run's FLOPs (forward + backward): tens of seconds on a 2-core CPU
 REPORT_EVERY = 10  # iterations between updates (one host sync each)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One deep MLP trained with SGD while its per-layer gradient norms are recorded."""
+    """One network (a deep MLP or a CNN) trained with SGD while its per-layer gradient norms are recorded."""
 
-    data: str = "spiral"  # a key of DATA
-    depth: int = 10  # Linear layers, input and output layers included (2..60)
-    width: int = 32  # units of every hidden layer
-    activation: str = "sigmoid"
-    variant: str = "plain"  # a key of VARIANTS
-    init: str = "pytorch"  # a key of INITS
+    data: str = "spiral"  # a key of DATA; a CNN needs an image set
+    depth: int = 10  # MLP: Linear layers, input and output layers included (2..60)
+    width: int = 32  # MLP: units of every hidden layer
+    activation: str = "sigmoid"  # MLP
+    variant: str = "plain"  # MLP: a key of VARIANTS
+    init: str = "pytorch"  # MLP: a key of INITS
     dtype: str = "float32"  # "exactly 0 by layer 60" is float32's underflow; float64 shows the true size
     iterations: int = 100
     lr: float = 0.1  # plain SGD's step size
     batch_size: int = 64
     n_train: int = 500  # examples used (toy sets: points generated)
     seed: int = 0
+    network: str = "mlp"  # a key of NETWORKS: the deep MLP or a CNN family of explorer.nets.cnn
+    cnn_width: float = 0.25  # CNN: channel multiplier of the family's widths (explorer.nets.cnn.WIDTH_RANGE)
 
     def __post_init__(self) -> None:
+        check_choice("network", self.network, NETWORKS)
         check_choice("data set", self.data, DATA)
+        check_range("CNN width multiplier", self.cnn_width, *cnn.WIDTH_RANGE)
         check_range("depth", self.depth, 2, MAX_DEPTH, integer=True)
         check_range("width", self.width, 2, MAX_WIDTH, integer=True)
         check_choice("activation", self.activation, ACTIVATIONS)
@@ -72,13 +85,39 @@ class RunConfig:
         check_range("batch size", self.batch_size, 1, 1024, integer=True)
         check_range("training examples", self.n_train, 20, 20_000, integer=True)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
-        if work(self) > MAX_WORK:
-            raise ConfigError(f"this run is {work(self):,} parameter-iterations; at most {MAX_WORK:,} are allowed "
-                              "(fewer iterations, a smaller width or a smaller batch)")
+        # fields the network does not use take their defaults, so two runs that train the same network are equal
+        unused = MLP_ONLY if self.is_cnn else ("cnn_width",)
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in unused:
+            object.__setattr__(self, name, defaults[name])
+        object.__setattr__(self, "cnn_width", float(self.cnn_width))  # 1 and 1.0: one cache key
+        if not self.is_cnn:
+            if work(self) > MAX_WORK:
+                raise ConfigError(f"this run is {work(self):,} parameter-iterations; at most {MAX_WORK:,} are "
+                                  "allowed (fewer iterations, a smaller width or a smaller batch)")
+            return
+        if self.data in TOY:
+            raise ConfigError(f"a CNN needs image data, not the 2D points of {DATA[self.data]}; choose one of "
+                              + ", ".join(DATA[d] for d in IMAGE_SHAPES))
+        if self.batch_size < 2:
+            raise ConfigError("a CNN's batch norm needs at least 2 examples per batch; got batch size 1")
+        f = flops(self)
+        if f > MAX_FLOPS:
+            raise ConfigError(f"this run is {f:.3g} FLOPs ({flops_per_image(self):,} per {DATA[self.data]} image x 3 "
+                              f"for forward and backward x batch {self.batch_size} x {self.iterations:,} "
+                              f"iterations); at most {MAX_FLOPS:.0e} are allowed (fewer iterations, a smaller "
+                              "width multiplier, a smaller batch or smaller images)")
+
+    @property
+    def is_cnn(self) -> bool:
+        """True for a CNN family, False for the deep MLP."""
+        return self.network != "mlp"
 
     @property
     def name(self) -> str:
-        """'plain, depth 10'."""
+        """'plain, depth 10' or 'simple CNN, width x0.25'."""
+        if self.is_cnn:
+            return f"{NETWORKS[self.network]}, width x{self.cnn_width:g}"
         return f"{VARIANTS[self.variant]}, depth {self.depth}"
 
 
@@ -126,9 +165,31 @@ def num_params(cfg: RunConfig, n_in: int = 2, n_out: int = 2) -> int:
 
 
 def work(cfg: RunConfig) -> int:
-    """Parameter-iterations times batch size / 64 (an image set's input layer counted at its 784 inputs)."""
-    n_in = 784 if cfg.data in ("mnist", "fashion_mnist") else 64 if cfg.data == "digits" else 2
+    """An MLP's parameter-iterations times batch size / 64 (an image set's input layer counted at its pixels)."""
+    n_in = math.prod(IMAGE_SHAPES[cfg.data]) if cfg.data in IMAGE_SHAPES else 2
     return num_params(cfg, n_in, 10) * cfg.iterations * max(1, cfg.batch_size // 64)
+
+
+@lru_cache(maxsize=64)
+def _flops_per_image(family: str, width: float, shape: tuple[int, int, int]) -> int:
+    with torch.device("meta"):  # shapes only: no weights allocated, however wide the network
+        model = cnn.build_cnn(cnn.CNNConfig(family=family, width=width, in_channels=shape[0]))
+    return cnn.flops_per_image(model, shape)
+
+
+def flops_per_image(cfg: RunConfig) -> int:
+    """A CNN's forward FLOPs on one image of cfg's data set (explorer.nets.cnn.flops_per_image)."""
+    return _flops_per_image(cfg.network, cfg.cnn_width, IMAGE_SHAPES[cfg.data])
+
+
+def flops(cfg: RunConfig) -> int:
+    """A CNN run's FLOPs: forward FLOPs per image x 3 (forward + backward) x batch size x iterations."""
+    return flops_per_image(cfg) * 3 * cfg.batch_size * cfg.iterations
+
+
+def cost_text(cfg: RunConfig) -> str:
+    """The run's size in the unit its limit uses: '1.2e+11 FLOPs' or '3,200,000 parameter-iterations'."""
+    return f"{flops(cfg):.2g} FLOPs" if cfg.is_cnn else f"{work(cfg):,} parameter-iterations"
 
 
 # --- the network ---------------------------------------------------------------------------------------------
@@ -180,11 +241,44 @@ def _init(model: DeepMLP, how: str) -> None:
 
 
 def make_model(cfg: RunConfig, n_in: int, n_out: int) -> DeepMLP:
-    """The seeded network in cfg's dtype (on the CPU)."""
+    """The seeded MLP in cfg's dtype (on the CPU)."""
     with seeded(cfg.seed):
         model = DeepMLP(n_in, n_out, cfg)
         _init(model, cfg.init)
     return model.to(DTYPES[cfg.dtype])
+
+
+def make_network(cfg: RunConfig, shape: tuple[int, ...], n_out: int) -> nn.Module:
+    """The seeded network of cfg for inputs of one example's shape ((D,) for the MLP, (C, H, W) for a CNN)."""
+    if not cfg.is_cnn:
+        return make_model(cfg, math.prod(shape), n_out)
+    with seeded(cfg.seed):
+        model = cnn.build_cnn(cnn.CNNConfig(family=cfg.network, width=cfg.cnn_width, in_channels=shape[0],
+                                            classes=n_out))
+    return model.to(DTYPES[cfg.dtype])
+
+
+def weight_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose weight-gradient norms are recorded, in forward order: the MLP's Linear layers, or every
+    Conv2d and Linear layer of a CNN (its modules are registered in the order they run)."""
+    if isinstance(model, DeepMLP):
+        return model.linears
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """'layer 1'... for the MLP; 'conv 1', ..., 'fc' for a CNN (numbered when there are several of a kind)."""
+    layers = weight_layers(model)
+    if isinstance(model, DeepMLP):
+        return [f"layer {i}" for i in range(1, len(layers) + 1)]
+    n_conv = sum(isinstance(m, nn.Conv2d) for m in layers)
+    n_fc = len(layers) - n_conv
+    names, counts = [], {"conv": 0, "fc": 0}
+    for m in layers:
+        kind = "conv" if isinstance(m, nn.Conv2d) else "fc"
+        counts[kind] += 1
+        names.append(kind if (n_conv if kind == "conv" else n_fc) == 1 else f"{kind} {counts[kind]}")
+    return names
 
 
 def scaled_norms(grads: torch.Tensor) -> torch.Tensor:
@@ -195,9 +289,11 @@ def scaled_norms(grads: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(g / torch.where(m > 0, m, 1.0), dim=1) * m.squeeze(1)
 
 
-def layer_grad_norms(model: DeepMLP) -> torch.Tensor:
-    """(L,) Frobenius norms of each Linear layer's weight gradient, input layer first; 0 only when every entry
-    of that gradient is exactly 0."""
+def layer_grad_norms(model: nn.Module) -> torch.Tensor:
+    """(L,) Frobenius norms of each weight_layers layer's weight gradient, input layer first; 0 only when every
+    entry of that gradient is exactly 0."""
+    if not isinstance(model, DeepMLP):  # layers of many shapes: one norm each
+        return torch.cat([scaled_norms(m.weight.grad.unsqueeze(0)) for m in weight_layers(model)])
     parts = [scaled_norms(model.inp.weight.grad.unsqueeze(0))]
     if len(model.hidden):
         parts.append(scaled_norms(torch.stack([lin.weight.grad for lin in model.hidden])))
@@ -215,7 +311,8 @@ def total_grad_norm(model: nn.Module) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Data:
-    """Training inputs (N, D) in the run's dtype, labels (N,), classes, and a notice when a set fell back."""
+    """Training inputs in the run's dtype ((N, D) for the MLP, (N, C, H, W) for a CNN), labels (N,), classes, and
+    a notice when a set fell back."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -224,7 +321,7 @@ class Data:
 
 
 def make_data(cfg: RunConfig, cache: Cache | None = None) -> Data:
-    """The run's training examples: toy points scaled to [-1, 1], or flattened images in [0, 1]."""
+    """The run's training examples: toy points scaled to [-1, 1], or images in [0, 1] (flattened for the MLP)."""
     dtype = DTYPES[cfg.dtype]
     if cfg.data in TOY:
         pts = toy2d.make_points(toy2d.Data2DConfig(name=cfg.data, n_points=cfg.n_train, seed=cfg.seed))
@@ -232,27 +329,30 @@ def make_data(cfg: RunConfig, cache: Cache | None = None) -> Data:
         return Data(x, torch.tensor(pts.y), pts.num_classes)
     ds, notice = datasets.load_or_fallback(cfg.data, "train", cache=cache)
     ds = datasets.take(ds, cfg.n_train, cfg.seed)
-    return Data(ds.to_float().flatten(1).to(dtype), ds.y, ds.num_classes, notice)
+    x = ds.to_float() if cfg.is_cnn else ds.to_float().flatten(1)
+    return Data(x.to(dtype), ds.y, ds.num_classes, notice)
 
 
 # --- training ------------------------------------------------------------------------------------------------
 
 @dataclass
 class RunHistory:
-    """Per iteration (1-based): loss, total gradient norm, and each Linear layer's weight-gradient norm."""
+    """Per iteration (1-based): loss, total gradient norm, and each recorded layer's weight-gradient norm."""
 
     name: str
-    depth: int
+    depth: int  # recorded layers: the MLP's Linear layers, or a CNN's Conv2d and Linear layers
     iteration: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     total_norm: list[float] = field(default_factory=list)
     layer_norms: list[list[float]] = field(default_factory=list)  # [iteration][layer]
     notice: str | None = None
+    layers: list[str] = field(default_factory=list)  # each recorded layer's name, input first
 
     def to_dict(self) -> dict:
         """Plain values (JSON); copies, so a published snapshot does not grow under the page."""
         return {"name": self.name, "depth": self.depth, "iteration": list(self.iteration), "loss": list(self.loss),
-                "total_norm": list(self.total_norm), "layer_norms": list(self.layer_norms), "notice": self.notice}
+                "total_norm": list(self.total_norm), "layer_norms": list(self.layer_norms), "notice": self.notice,
+                "layers": list(self.layers)}
 
 
 def train(cfg: RunConfig, on_update: Callable[[RunHistory], None] | None = None, device: torch.device | None = None,
@@ -264,9 +364,14 @@ def train(cfg: RunConfig, on_update: Callable[[RunHistory], None] | None = None,
         device = torch.device("cpu")  # MPS has no float64
     data = make_data(cfg, cache)
     x, y = data.x.to(device), data.y.to(device)
-    model = make_model(cfg, x.shape[1], data.num_classes).to(device)
+    model = make_network(cfg, tuple(x.shape[1:]), data.num_classes).to(device)
+    drop_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    for m in model.modules():  # the simple CNN's dropout draws its masks from this run's own generator
+        if isinstance(m, cnn.Dropout):
+            m.generator = drop_gen
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    hist = RunHistory(cfg.name, cfg.depth, notice=data.notice)
+    names = layer_names(model)
+    hist = RunHistory(cfg.name, len(names), notice=data.notice, layers=names)
     n = len(x)
     batch = min(cfg.batch_size, n)
     if batch == 1 and cfg.variant == "batchnorm":
@@ -314,15 +419,17 @@ def store(cfg: RunConfig, hist: RunHistory, cache: Cache, wall_time_s: float) ->
     tensors = {"loss": torch.tensor(hist.loss, dtype=torch.float64),
                "total_norm": torch.tensor(hist.total_norm, dtype=torch.float64),
                "layer_norms": torch.tensor(hist.layer_norms, dtype=torch.float64)}
-    metrics = {"name": hist.name, "depth": hist.depth, "notice": hist.notice, "iterations": len(hist.iteration)}
+    metrics = {"name": hist.name, "depth": hist.depth, "notice": hist.notice, "iterations": len(hist.iteration),
+               "layers": hist.layers}
     return cache.put(KIND, cfg, metrics, tensors, meta={"wall_time_s": wall_time_s})
 
 
 def from_entry(entry: Entry) -> RunHistory:
     """The history a stored run holds."""
     t, m = entry.tensors(), entry.metrics
+    layers = m.get("layers") or [f"layer {i}" for i in range(1, m["depth"] + 1)]
     return RunHistory(m["name"], m["depth"], list(range(1, m["iterations"] + 1)), t["loss"].tolist(),
-                      t["total_norm"].tolist(), t["layer_norms"].tolist(), m.get("notice"))
+                      t["total_norm"].tolist(), t["layer_norms"].tolist(), m.get("notice"), layers)
 
 
 def run(cfg: RunConfig, cache: Cache, on_update: Callable[[RunHistory], None] | None = None) -> RunHistory:
@@ -394,7 +501,8 @@ def all_cached(cfg: CompareConfig, cache: Cache) -> dict | None:
 
 
 def run_job(cfg: RunConfig, cache: Cache) -> Callable[[JobContext], dict]:
-    """A job function for one run (the depth explorer's): {"run": history so far, "diverged": message or None}."""
+    """A job function for one run (the depth explorer's and the any-model section's): {"run": history so far,
+    "diverged": message or None}."""
     def fn(ctx: JobContext) -> dict:
         last = 0.0
 
@@ -445,13 +553,15 @@ def table(hists: list[dict]) -> list[dict]:
 
 
 def ratio_text(h: dict, at: int = 0) -> str:
-    """'layer 1 / layer L = 3.1e-12' at iteration index `at`, or 'layer 1 is exactly 0'."""
+    """'layer 1 / layer L = 3.1e-12' (a CNN: 'conv 1 / fc = ...') at iteration index `at`, or 'layer 1 is exactly 0'."""
     row = h["layer_norms"][at]
+    names = h.get("layers") or [f"layer {i}" for i in range(1, h["depth"] + 1)]
+    first, last = names[0], names[-1]
     if row[0] == 0.0:
-        return f"layer 1's gradient is exactly 0 (layer {h['depth']}: {row[-1]:.1e})"
+        return f"{first}'s gradient is exactly 0 ({last}: {row[-1]:.1e})"
     if row[-1] == 0.0:
-        return f"layer {h['depth']}'s gradient is exactly 0"
-    return f"layer 1 / layer {h['depth']} = {row[0] / row[-1]:.1e}"
+        return f"{last}'s gradient is exactly 0"
+    return f"{first} / {last} = {row[0] / row[-1]:.1e}"
 
 
 def with_depth(cfg: CompareConfig, depth: int, variant: str) -> RunConfig:

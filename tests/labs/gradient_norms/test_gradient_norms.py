@@ -1,7 +1,9 @@
 """Gradient norms lab: the vanishing gradient of a deep plain sigmoid net and its fixes, norms against autograd,
-refused settings, divergence, the cache and the CLI."""
+refused settings, divergence, the cache and the CLI; the course's CNNs on image data."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -139,3 +141,79 @@ def test_cli_prints_first_middle_last_layer_table(tmp_path, monkeypatch, capsys)
     assert cli.main(["--depth", "60", "--variant", "residual", "--activation", "relu", "--init", "he", "--lr", "1",
                      "--iterations", "50"]) == 1
     assert "diverged" in capsys.readouterr().err
+
+
+# --- CNNs ----------------------------------------------------------------------------------------------------
+
+TINY_CNN = {"data": "digits", "iterations": 3, "n_train": 40, "batch_size": 16, "cnn_width": 0.125}
+
+
+@pytest.mark.parametrize("family", lab.cnn.FAMILIES)
+def test_every_cnn_family_trains_on_8x8_digits_with_one_norm_per_conv_and_linear_layer(family):
+    cfg = lab.RunConfig(network=family, **TINY_CNN)
+    h = lab.train(cfg, device=CPU)
+    model = lab.make_network(cfg, (1, 8, 8), 10)
+    n = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    assert h.depth == len(h.layers) == n and h.layers[0] == "conv 1" and h.layers[-1] == "fc"
+    assert h.iteration == [1, 2, 3] and len(h.loss) == len(h.total_norm) == 3
+    assert all(len(row) == n and all(0 < v < float("inf") for v in row) for row in h.layer_norms)
+    assert all(0 < v < float("inf") for v in h.loss + h.total_norm)
+
+
+def test_cnn_layer_norms_equal_autograds_in_forward_order():
+    model = lab.make_network(lab.RunConfig(network="resnet20", dtype="float64", **TINY_CNN), (1, 8, 8), 3)
+    x, y = torch.rand(4, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    loss = nn.functional.cross_entropy(model(x), y)
+    layers = lab.weight_layers(model)
+    grads = torch.autograd.grad(loss, [m.weight for m in layers], retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(lab.layer_grad_norms(model), torch.stack([g.pow(2).sum().sqrt() for g in grads]))
+    assert layers[0] is model[0][0] and layers[-1] is model[-1]  # the stem conv first, the classifier last
+    assert lab.layer_names(model) == [*(f"conv {i}" for i in range(1, 20)), "fc"]
+
+
+def test_a_cnn_on_a_toy_set_or_over_the_flops_limit_is_refused():
+    with pytest.raises(ConfigError, match="a CNN needs image data.*CIFAR-10"):
+        lab.RunConfig(network="simple", data="spiral")
+    with pytest.raises(ConfigError, match=r"FLOPs .*at most 2e\+12.*fewer iterations, a smaller width multiplier"):
+        lab.RunConfig(network="resnet9", data="cifar10", cnn_width=4.0, iterations=2000, batch_size=1024)
+    with pytest.raises(ConfigError, match="CNN width multiplier must be between 0.125 and 4"):
+        lab.RunConfig(network="simple", data="digits", cnn_width=8.0)
+    with pytest.raises(ConfigError, match="network must be one of mlp, simple, resnet9, resnet20"):
+        lab.RunConfig(network="vgg", data="digits")
+    with pytest.raises(ConfigError, match="at least 2 examples per batch"):
+        lab.RunConfig(network="simple", data="digits", batch_size=1)
+    big = lab.RunConfig(network="resnet9", data="cifar10", cnn_width=1.0, iterations=10, batch_size=64)
+    assert lab.flops(big) == lab.flops_per_image(big) * 3 * 64 * 10 <= lab.MAX_FLOPS
+
+
+def test_mlp_only_fields_do_not_tell_two_cnn_runs_apart_nor_the_cnn_width_two_mlps(tmp_path):
+    a = lab.RunConfig(network="simple", data="digits", depth=3)
+    b = lab.RunConfig(network="simple", data="digits", depth=40, width=8, activation="relu", variant="residual",
+                      init="he")
+    assert a == b and a.depth == 10 and hash(a) == hash(b)
+    assert lab.RunConfig(cnn_width=2.0) == lab.RunConfig() and lab.RunConfig().cnn_width == 0.25
+    assert lab.RunConfig(network="simple", data="digits", cnn_width=1) == \
+        lab.RunConfig(network="simple", data="digits", cnn_width=1.0)
+    cache = Cache(tmp_path / "c")
+    cfg = lab.RunConfig(network="simple", **TINY_CNN)
+    first = lab.run(cfg, cache)
+    again = lab.from_entry(lab.cached(replace(cfg, depth=5), cache))
+    assert again.layers == first.layers and again.layer_norms == first.layer_norms
+    assert lab.ratio_text(again.to_dict()).startswith("conv 1 / fc = ")
+
+
+def test_the_mlp_keeps_its_defaults_and_reads_cifar10_flattened():
+    assert lab.RunConfig().network == "mlp" and lab.RunConfig().name == "plain, depth 10"
+    assert lab.work(lab.RunConfig(data="cifar10", depth=3)) == lab.num_params(lab.RunConfig(depth=3), 3072, 10) * 100
+
+
+def test_cli_trains_a_cnn(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "default_cache", lambda: Cache(tmp_path / "c"))
+    assert cli.main(["--network", "simple", "--cnn-width", "0.125", "--iterations", "2", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "simple CNN, width x0.125" in out and "Digits 8x8" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("conv", "fc"))]
+    assert [r[0] for r in rows] == ["conv"] * 6 + ["fc"] and all(float(r[-1]) > 0 for r in rows)
+    assert cli.main(["--network", "simple", "--data", "xor"]) == 2
+    assert "a CNN needs image data" in capsys.readouterr().err
