@@ -313,6 +313,11 @@ def explorer_section(cfg: lab.CompareConfig, lecture: bool, busy: Job | None) ->
         if job is None:
             return
 
+    poll_job(job, _live(draw_heat, rc, lecture), every=0.5)
+
+
+def _live(draw_run, rc, lecture: bool):
+    """A job's drawer: its progress, then why it diverged or draw_run(run so far, rc, lecture)."""
     def draw(j: Job) -> None:
         st.progress(j.progress, text=j.message or j.state.value)
         snap = j.snapshot
@@ -321,9 +326,9 @@ def explorer_section(cfg: lab.CompareConfig, lecture: bool, busy: Job | None) ->
         if snap.get("diverged"):
             st.error(plain(snap["diverged"]))
         elif snap.get("run") and snap["run"]["layer_norms"]:
-            draw_heat(snap["run"], rc, lecture)
+            draw_run(snap["run"], rc, lecture)
 
-    poll_job(job, draw, every=0.5)
+    return draw
 
 
 # --- any model ----------------------------------------------------------------------------------------------
@@ -427,17 +432,7 @@ def any_model_section(cfg: lab.CompareConfig, lecture: bool) -> None:
     if not job.is_final and c2.button("Stop", key=K + "any_stop"):
         stop_job("gn_any")
 
-    def draw(j: Job) -> None:
-        st.progress(j.progress, text=j.message or j.state.value)
-        snap = j.snapshot
-        if snap is None:
-            return
-        if snap.get("diverged"):
-            st.error(plain(snap["diverged"]))
-        elif snap.get("run") and snap["run"]["layer_norms"]:
-            draw_any(snap["run"], rc, lecture)
-
-    poll_job(job, draw, every=0.5)
+    poll_job(job, _live(draw_any, rc, lecture), every=0.5)
 
 
 # --- page ----------------------------------------------------------------------------------------------------
