@@ -22,7 +22,12 @@ START = lab.CompareConfig()  # sigmoid, plain vs batch norm vs residual at depth
 SCHEMA = {"data": Param(str, START.data), "activation": Param(str, START.activation), "init": Param(str, START.init),
           "dtype": Param(str, START.dtype), "width": Param(int, START.width),
           "iterations": Param(int, START.iterations), "lr": Param(float, START.lr),
-          "depth": Param(int, 60), "variant": Param(str, "plain")}
+          "depth": Param(int, 60), "variant": Param(str, "plain"),
+          # the "Any model" section (any_config): a CNN on digits, not the MLP above
+          "any_network": Param(str, "simple"), "any_data": Param(str, "digits"),
+          "any_cnn_width": Param(float, lab.RunConfig().cnn_width),
+          "any_iterations": Param(int, lab.RunConfig().iterations), "any_lr": Param(float, lab.RunConfig().lr),
+          "any_batch": Param(int, lab.RunConfig().batch_size)}
 INLINE_WORK = 400_000_000  # summed `lab.work` the page starts on its own; more waits for the Train button
 MAX_HEAT_COLUMNS = 100  # iterations drawn in the heatmap (a long run is thinned evenly)
 ZERO = "exactly 0"
@@ -49,6 +54,7 @@ def _init_from_url() -> None:
         lab.CompareConfig(data=v["data"], activation=v["activation"], init=v["init"], dtype=v["dtype"],
                           width=v["width"], iterations=v["iterations"], lr=v["lr"])
         lab.RunConfig(depth=v["depth"], variant=v["variant"])
+        any_config(v)
 
     for name, value in settings_from_url(SCHEMA, K, validate).items():
         st.session_state[K + name] = value
@@ -333,7 +339,11 @@ def _live(draw_run, rc, lecture: bool):
 
 # --- any model ----------------------------------------------------------------------------------------------
 
-ANY_START = lab.RunConfig(network="simple", data="digits")  # the section's first settings: a CNN, not the MLP above
+def any_config(v: dict, base: lab.RunConfig | None = None) -> lab.RunConfig:
+    """The "Any model" run from the URL schema's any_* values (and, for an MLP, `base`'s shape settings)."""
+    return replace(base or lab.RunConfig(), network=v["any_network"], data=v["any_data"],
+                   cnn_width=float(v["any_cnn_width"]), iterations=int(v["any_iterations"]), lr=float(v["any_lr"]),
+                   batch_size=int(v["any_batch"]))
 
 
 def profile_frame(h: dict) -> pd.DataFrame:
@@ -389,25 +399,22 @@ def any_model_ui(cfg: lab.CompareConfig) -> lab.RunConfig:
     width, activation, initialisation, numbers and seed from the settings above, its depth and variant from the
     depth explorer)."""
     c1, c2, c3 = st.columns(3)
-    network = c1.selectbox("Network", list(lab.NETWORKS), index=list(lab.NETWORKS).index(ANY_START.network),
-                           format_func=lab.NETWORKS.get, key=K + "any_network")
-    data = c2.selectbox("Data", list(lab.DATA), index=list(lab.DATA).index(ANY_START.data), format_func=lab.DATA.get,
-                        key=K + "any_data", help="a CNN needs an image set (kept as channels x height x width)")
+    network = c1.selectbox("Network", list(lab.NETWORKS), format_func=lab.NETWORKS.get, key=K + "any_network")
+    data = c2.selectbox("Data", list(lab.DATA), format_func=lab.DATA.get, key=K + "any_data",
+                        help="a CNN needs an image set (kept as channels x height x width)")
     lo, hi = WIDTH_RANGE
-    cnn_width = c3.number_input("Width multiplier (CNN)", min_value=lo, max_value=hi, value=ANY_START.cnn_width,
-                                step=0.125, format="%.3g", key=K + "any_cnn_width", disabled=network == "mlp",
+    cnn_width = c3.number_input("Width multiplier (CNN)", min_value=lo, max_value=hi, step=0.125, format="%.3g",
+                                key=K + "any_cnn_width", disabled=network == "mlp",
                                 help="the family's channels times this, rounded (at least 4)")
     c1, c2, c3 = st.columns(3)
-    iterations = c1.number_input("Iterations", value=ANY_START.iterations, step=50, key=K + "any_iterations",
-                                 help=f"1 to {lab.MAX_ITERATIONS:,}")
-    lr = c2.number_input("Learning rate", value=ANY_START.lr, format="%.4g", key=K + "any_lr",
-                         help="plain SGD (no momentum)")
-    batch = c3.number_input("Batch size", value=ANY_START.batch_size, step=16, key=K + "any_batch")
+    iterations = c1.number_input("Iterations", step=50, key=K + "any_iterations", help=f"1 to {lab.MAX_ITERATIONS:,}")
+    lr = c2.number_input("Learning rate", format="%.4g", key=K + "any_lr", help="plain SGD (no momentum)")
+    batch = c3.number_input("Batch size", step=16, key=K + "any_batch")
     depth = int(st.session_state.get(K + "depth", SCHEMA["depth"].default))
     variant = st.session_state.get(K + "variant", SCHEMA["variant"].default)
-    return config_or_stop(lambda: replace(cfg.runs()[0], network=network, data=data, cnn_width=float(cnn_width),
-                                          iterations=int(iterations), lr=float(lr), batch_size=int(batch),
-                                          depth=depth, variant=variant))
+    values = {"any_network": network, "any_data": data, "any_cnn_width": cnn_width, "any_iterations": iterations,
+              "any_lr": lr, "any_batch": batch}
+    return config_or_stop(lambda: any_config(values, replace(cfg.runs()[0], depth=depth, variant=variant)))
 
 
 def any_model_section(cfg: lab.CompareConfig, lecture: bool) -> None:

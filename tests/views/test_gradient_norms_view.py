@@ -81,9 +81,22 @@ def test_the_depth_slider_trains_a_new_depth_and_redraws_the_heatmap_in_lecture_
     assert any("plain, depth 7" in str(c.proto.spec) for c in at.get("vega_lite_chart"))
 
 
+def test_a_link_sets_the_any_model_section(page_cache):
+    at = _app(iterations="3", width="8", depth="4", any_network="resnet20", any_data="mnist", any_cnn_width="0.5",
+              any_iterations="7", any_lr="0.05", any_batch="8")
+    assert not at.exception and not [w for w in at.warning if "refused" in w.value]
+    assert at.selectbox(key="gn_any_network").value == "resnet20" and at.selectbox(key="gn_any_data").value == "mnist"
+    assert at.number_input(key="gn_any_cnn_width").value == 0.5 and at.number_input(key="gn_any_iterations").value == 7
+    assert at.number_input(key="gn_any_lr").value == 0.05 and at.number_input(key="gn_any_batch").value == 8
+    assert any("ResNet20" in i.value and "Train this model" in i.value for i in at.info)
+    _wait(at, _finished)  # let the MLP jobs the page started finish before the next test
+
+
 def test_refused_settings_say_the_range(page_cache):
     at = _app(depth="99")
     assert any("depth must be between 2 and 60" in w.value for w in at.warning)
+    at = _app(any_data="spiral")  # the any-model section's CNN on 2D points
+    assert any("a CNN needs image data" in w.value for w in at.warning)
     at = _app(iterations="5", width="8")
     at.text_input(key="gn_depths").set_value("10,70").run()
     assert any("depth must be between 2 and 60" in e.value for e in at.error)
