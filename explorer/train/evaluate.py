@@ -3,19 +3,23 @@
 `first_nonfinite` finds, for each of K models, the first step of an epoch whose loss (or witness: any
 per-step value that is non-finite exactly when the loss is) stopped being finite, with one host sync for
 the whole epoch. `diverged_message` says which run diverged, where, the likely cause and what to change;
-`Diverged` carries it where a divergence ends a run. `evaluate` gives each model's mean cross-entropy and
+`Diverged` carries it where a divergence ends a run, and `exit_codes` turns it (and a refused setting) into a
+command line's message and exit status. `evaluate` gives each model's mean cross-entropy and
 error over a whole set against one or more label sets, a chunk of examples per forward, so a set's
 activations are never held at once; a chunk that runs out of device memory is retried in halves.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
 
+from explorer.core.config import ConfigError
 from explorer.core.status import free_memory, is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,23 @@ class Diverged(RuntimeError):
         super().__init__(message)
         self.step = step
         self.epoch = epoch
+
+
+def exit_codes(main: Callable[..., int]) -> Callable[..., int]:
+    """A command's `main` whose refused setting (ConfigError, raised anywhere in it) prints "setting refused: why"
+    and returns 2, and whose diverged run (Diverged) prints where and why and returns 1: every CLI the same."""
+    @functools.wraps(main)
+    def run(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except ConfigError as exc:
+            print(f"setting refused: {exc}", file=sys.stderr)
+            return 2
+        except Diverged as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+
+    return run
 
 
 def first_nonfinite(values: torch.Tensor, limit: torch.Tensor | None = None) -> list[int | None]:

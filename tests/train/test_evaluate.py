@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer.train.evaluate import diverged_message, evaluate, first_nonfinite
+from explorer.core.config import ConfigError
+from explorer.train.evaluate import Diverged, diverged_message, evaluate, exit_codes, first_nonfinite
 
 
 def _linear_models(k: int, d: int, c: int, seed: int = 0):
@@ -137,3 +138,19 @@ def test_an_allocator_message_counts_as_out_of_memory_and_other_errors_pass_thro
         evaluate(lambda xb: (_ for _ in ()).throw(RuntimeError("shape mismatch")), x, [y], 64)
     with pytest.raises(torch.cuda.OutOfMemoryError):  # one example that does not fit: the error is real
         evaluate(lambda xb: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")), x, [y], 4)
+
+
+def test_exit_codes_give_every_cli_the_same_refusal_and_divergence_messages(capsys) -> None:
+    @exit_codes
+    def main(what: str) -> int:
+        if what == "refuse":
+            raise ConfigError("width must be between 2 and 512; got 9999")
+        if what == "diverge":
+            raise Diverged("run 1 diverged at step 3 (epoch 1): the loss is nan", step=3, epoch=1)
+        return 0
+
+    assert main("ok") == 0 and main.__name__ == "main"
+    assert main("refuse") == 2
+    assert capsys.readouterr().err == "setting refused: width must be between 2 and 512; got 9999\n"
+    assert main("diverge") == 1
+    assert "diverged at step 3" in capsys.readouterr().err

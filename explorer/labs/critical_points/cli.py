@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 from explorer.core.cache import default_cache
-from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.critical_points import lab
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run (or read from the cache) K runs and print them; 2 for a refused setting, 1 for a diverged run."""
     ap = argparse.ArgumentParser(prog="python -m explorer critical", description=__doc__.splitlines()[0])
@@ -25,16 +24,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rows", type=int, default=20, help="runs printed (all: 0)")
     args = vars(ap.parse_args(argv))
     shown = args.pop("rows")
-    try:
-        cfg = lab.CriticalConfig(**args)
-        with TerminalReporter() as report:
-            entry = lab.run(cfg, default_cache(), report)
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    cfg = lab.CriticalConfig(**args)
+    with TerminalReporter() as report:
+        entry = lab.run(cfg, default_cache(), report)
     m, r = entry.metrics, entry.metrics["rows"]
     s = lab.summary(r)
     print(f"{m['target']} · 1-{cfg.hidden}-{cfg.hidden}-1 tanh ({m['params']} params) · {m['runs']} runs · "

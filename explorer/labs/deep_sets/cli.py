@@ -14,11 +14,10 @@ import sys
 import torch
 
 from explorer.core.cache import default_cache, shipped_cache
-from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.deep_sets import sets
 from explorer.labs.deep_sets.tasks import TASKS
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 
 def config_from_args(args: argparse.Namespace) -> sets.SetsConfig:
@@ -48,6 +47,7 @@ def format_table(m: dict) -> str:
     return "\n".join(lines)
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run (or read) one sweep and print its table; 2 for a refused setting, 1 for a diverged run."""
     d = sets.SetsConfig()
@@ -73,18 +73,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the app's device)")
     ap.add_argument("--ship", action="store_true", help="store the result in cache/shipped (to commit)")
     args = ap.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
     cache = shipped_cache() if args.ship else default_cache()
-    try:
-        with TerminalReporter() as report:
-            entry = sets.run(cfg, cache, report, torch.device(args.device) if args.device else None)
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    with TerminalReporter() as report:
+        entry = sets.run(cfg, cache, report, torch.device(args.device) if args.device else None)
     m = entry.metrics
     if m.get("notice"):
         print(m["notice"], file=sys.stderr)

@@ -18,7 +18,7 @@ from explorer.core.cache import default_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.function_fitting import fit1d, images
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 
 def _fit1d_config(args: argparse.Namespace) -> fit1d.FitConfig:
@@ -67,6 +67,7 @@ def _run_cnn(args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run one comparison and print its table; 2 for a refused setting, 1 for a diverged run."""
     ap = argparse.ArgumentParser(prog="python -m explorer fit", description=__doc__.splitlines()[0])
@@ -88,11 +89,4 @@ def main(argv: list[str]) -> int:
     for f in f1:
         c.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = ap.parse_args(argv)
-    try:
-        return _run_1d(args) if args.which == "1d" else _run_cnn(args)
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    return _run_1d(args) if args.which == "1d" else _run_cnn(args)

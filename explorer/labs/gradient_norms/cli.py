@@ -16,7 +16,7 @@ from explorer.core.config import ConfigError
 from explorer.core.device import configure_threads
 from explorer.labs.gradient_norms import lab
 from explorer.nets.cnn import WIDTH_RANGE
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -26,6 +26,7 @@ def _ints(text: str) -> tuple[int, ...]:
         raise ConfigError(f"depths are whole numbers separated by commas, e.g. 10,60; got {text[:80]!r}") from None
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run the comparison and print its table; 2 for a refused setting, 1 for a diverged run."""
     d = lab.CompareConfig()
@@ -50,21 +51,14 @@ def main(argv: list[str]) -> int:
     configure_threads()  # tiny layers: one intra-op thread is 10x faster than two fighting over busy cores
     if args.network != "mlp":
         return _cnn(args)
-    try:
-        cfg = lab.CompareConfig(variants=tuple(v.strip() for v in args.variant.split(",") if v.strip()),
-                                depths=_ints(args.depth), data=args.data or d.data, width=args.width,
-                                activation=args.activation, init=args.init, dtype=args.dtype,
-                                iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-        start = time.perf_counter()
-        cache = default_cache()
-        hists = [lab.train(rc, cache=cache).to_dict() if args.no_cache else lab.run(rc, cache).to_dict()
-                 for rc in cfg.runs()]
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    cfg = lab.CompareConfig(variants=tuple(v.strip() for v in args.variant.split(",") if v.strip()),
+                            depths=_ints(args.depth), data=args.data or d.data, width=args.width,
+                            activation=args.activation, init=args.init, dtype=args.dtype,
+                            iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    start = time.perf_counter()
+    cache = default_cache()
+    hists = [lab.train(rc, cache=cache).to_dict() if args.no_cache else lab.run(rc, cache).to_dict()
+             for rc in cfg.runs()]
     notice = next((h["notice"] for h in hists if h.get("notice")), None)
     if notice:
         print(notice, file=sys.stderr)
@@ -80,18 +74,11 @@ def main(argv: list[str]) -> int:
 
 def _cnn(args: argparse.Namespace) -> int:
     """One CNN run: every Conv2d and Linear layer's weight-gradient norm at the first and last iteration."""
-    try:
-        cfg = lab.RunConfig(network=args.network, cnn_width=args.cnn_width, data=args.data or "digits",
-                            dtype=args.dtype, iterations=args.iterations, lr=args.lr, batch_size=args.batch_size,
-                            seed=args.seed)
-        start = time.perf_counter()
-        h = lab.train(cfg, cache=default_cache()) if args.no_cache else lab.run(cfg, default_cache())
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    cfg = lab.RunConfig(network=args.network, cnn_width=args.cnn_width, data=args.data or "digits",
+                        dtype=args.dtype, iterations=args.iterations, lr=args.lr, batch_size=args.batch_size,
+                        seed=args.seed)
+    start = time.perf_counter()
+    h = lab.train(cfg, cache=default_cache()) if args.no_cache else lab.run(cfg, default_cache())
     if h.notice:
         print(h.notice, file=sys.stderr)
     print(f"{h.name} · {lab.DATA[cfg.data]} · {cfg.dtype} · SGD lr {cfg.lr:g} · batch {cfg.batch_size} · "

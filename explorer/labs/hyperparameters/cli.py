@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from typing import Any
 
 import torch
 
 from explorer.core.cache import default_cache
-from explorer.core.config import ConfigError
 from explorer.core.device import configure_threads
 from explorer.core.report import TerminalReporter
 from explorer.labs.hyperparameters import lab
 from explorer.labs.hyperparameters.config import BatchSizeConfig, GridConfig, LRConfig, steps_table
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 CONFIGS: dict[str, type] = {"lr": LRConfig, "batch": BatchSizeConfig, "grid": GridConfig}
 HELP = {"lr": "learning rates x batch norm, one batched run", "batch": "batch sizes: steps per epoch and curves",
@@ -93,6 +91,7 @@ def _show(which: str, cfg: Any, m: dict) -> None:
               f"distinct ReLU patterns on a {cfg.region_grid}x{cfg.region_grid} grid: a lower estimate.")
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run one part and print its tables; 2 for a refused setting, 1 for a diverged run."""
     ap = argparse.ArgumentParser(prog="python -m explorer hyper", description=__doc__.splitlines()[0])
@@ -104,25 +103,18 @@ def main(argv: list[str]) -> int:
         p.add_argument("--no-cache", action="store_true", help="compute afresh, do not read or write the cache")
     args = ap.parse_args(argv)
     configure_threads()
-    try:
-        cfg = _config(args.which, args)
-        device = torch.device(args.device) if args.device else None
-        with TerminalReporter() as report:
-            if args.no_cache:
-                result = lab.compute(cfg, report, device)
-                metrics, meta, where = result.metrics, {}, "not cached"
-            else:
-                entry = lab.run(cfg, default_cache(), report, device)
-                metrics, meta, where = entry.metrics, entry.meta, str(entry.path)
-        seconds = metrics.get("seconds")
-        total = sum(seconds) if isinstance(seconds, list) else seconds
-        print(f"{HELP[args.which]} · {cfg.dataset} · {meta.get('device', 'this device')} · "
-              f"{_fmt(total)} s of compute · {where}")
-        _show(args.which, cfg, metrics)
-        return 0
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    cfg = _config(args.which, args)
+    device = torch.device(args.device) if args.device else None
+    with TerminalReporter() as report:
+        if args.no_cache:
+            result = lab.compute(cfg, report, device)
+            metrics, meta, where = result.metrics, {}, "not cached"
+        else:
+            entry = lab.run(cfg, default_cache(), report, device)
+            metrics, meta, where = entry.metrics, entry.meta, str(entry.path)
+    seconds = metrics.get("seconds")
+    total = sum(seconds) if isinstance(seconds, list) else seconds
+    print(f"{HELP[args.which]} · {cfg.dataset} · {meta.get('device', 'this device')} · "
+          f"{_fmt(total)} s of compute · {where}")
+    _show(args.which, cfg, metrics)
+    return 0

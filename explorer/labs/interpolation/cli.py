@@ -12,12 +12,12 @@ import dataclasses
 import sys
 
 from explorer.core.cache import default_cache
-from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.interpolation import lines, plane
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run one interpolation and print its table; 2 for a refused setting, 1 for a diverged run."""
     ap = argparse.ArgumentParser(prog="python -m explorer interpolate", description=__doc__.splitlines()[0])
@@ -30,38 +30,31 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--line", default="A to B", help="which line to print: 'A to B', 'init to A', 'init to B', all")
     ap.add_argument("--plane", default="", help="A or B: also the 2D random slice around that solution")
     args = ap.parse_args(argv)
-    try:
-        cfg = lines.InterpConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(lines.InterpConfig)})
-        pcfg = plane.PlaneConfig(run=cfg, around=args.plane) if args.plane else None
+    cfg = lines.InterpConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(lines.InterpConfig)})
+    pcfg = plane.PlaneConfig(run=cfg, around=args.plane) if args.plane else None
+    with TerminalReporter() as report:
+        entry = lines.run(cfg, default_cache(), report)
+    m = entry.metrics
+    if m.get("notice"):
+        print(m["notice"], file=sys.stderr)
+    print(f"{m['dataset']} · {lines.NETS[cfg.net]} ({m['params']:,} parameters) · A: batch {cfg.batch_a} "
+          f"lr {cfg.lr_a:g} · B: batch {cfg.batch_b} lr {cfg.lr_b:g} · {cfg.epochs} epochs · "
+          f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
+    if m["bn"]:
+        print("batch norm: statistics " + ("recomputed on the training data at every point" if cfg.recompute_bn
+                                           else "interpolated with the weights (not recomputed)"))
+    print(f"loss barrier A-B (max over alpha in [0, 1] above the straight line): train "
+          f"{m['barrier']['train_loss']:.4f}, test {m['barrier']['test_loss']:.4f}")
+    print(f"{'line':10s} {'alpha':>6s} {'train loss':>10s} {'train acc':>9s} {'test loss':>9s} {'test acc':>8s}")
+    for r in lines.table(m):
+        if args.line in ("all", r["line"]):
+            print(f"{r['line']:10s} {r['alpha']:>6.2f} {r['train_loss']:>10.4f} {r['train_acc']:>9.3f} "
+                  f"{r['test_loss']:>9.4f} {r['test_acc']:>8.3f}")
+    if pcfg is not None:
         with TerminalReporter() as report:
-            entry = lines.run(cfg, default_cache(), report)
-        m = entry.metrics
-        if m.get("notice"):
-            print(m["notice"], file=sys.stderr)
-        print(f"{m['dataset']} · {lines.NETS[cfg.net]} ({m['params']:,} parameters) · A: batch {cfg.batch_a} "
-              f"lr {cfg.lr_a:g} · B: batch {cfg.batch_b} lr {cfg.lr_b:g} · {cfg.epochs} epochs · "
-              f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
-        if m["bn"]:
-            print("batch norm: statistics " + ("recomputed on the training data at every point" if cfg.recompute_bn
-                                               else "interpolated with the weights (not recomputed)"))
-        print(f"loss barrier A-B (max over alpha in [0, 1] above the straight line): train "
-              f"{m['barrier']['train_loss']:.4f}, test {m['barrier']['test_loss']:.4f}")
-        print(f"{'line':10s} {'alpha':>6s} {'train loss':>10s} {'train acc':>9s} {'test loss':>9s} {'test acc':>8s}")
-        for r in lines.table(m):
-            if args.line in ("all", r["line"]):
-                print(f"{r['line']:10s} {r['alpha']:>6.2f} {r['train_loss']:>10.4f} {r['train_acc']:>9.3f} "
-                      f"{r['test_loss']:>9.4f} {r['test_acc']:>8.3f}")
-        if pcfg is not None:
-            with TerminalReporter() as report:
-                p = plane.run(pcfg, default_cache(), report).metrics
-            flat = [v for row in p["loss"] for v in row]
-            print(f"2D slice around {pcfg.around} ({pcfg.grid}x{pcfg.grid}, {p['n_eval']} training images): "
-                  f"train loss {min(flat):.4f} to {max(flat):.4f}, centre "
-                  f"{p['loss'][pcfg.grid // 2][pcfg.grid // 2]:.4f}")
-        return 0
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+            p = plane.run(pcfg, default_cache(), report).metrics
+        flat = [v for row in p["loss"] for v in row]
+        print(f"2D slice around {pcfg.around} ({pcfg.grid}x{pcfg.grid}, {p['n_eval']} training images): "
+              f"train loss {min(flat):.4f} to {max(flat):.4f}, centre "
+              f"{p['loss'][pcfg.grid // 2][pcfg.grid // 2]:.4f}")
+    return 0

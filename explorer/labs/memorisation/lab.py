@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ from explorer.core.report import SILENT, Reporter, TerminalReporter, part
 from explorer.data import noise as corrupt
 from explorer.data.datasets import load_or_fallback, take
 from explorer.nets.small import NetConfig
+from explorer.train.evaluate import exit_codes
 from explorer.train.stacked import METRICS, OPTIMIZER_KINDS, BatchConfig, ModelSpec, train_batched
 
 DATASETS = ("mnist1d", "digits", "fashion_mnist", "cifar10")
@@ -434,6 +434,7 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """`python -m explorer memorise VIEW [flags]`: compute (or read) a result and print its table."""
     ap = argparse.ArgumentParser(prog="python -m explorer memorise", description=__doc__.splitlines()[0])
@@ -446,11 +447,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--ship", "--shipped", dest="shipped", action="store_true",
                     help="store the result in cache/shipped (to commit)")
     args = ap.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
     cache = shipped_cache() if args.shipped else default_cache()
     with TerminalReporter() as report:
         entry = run(cfg, cache, report)

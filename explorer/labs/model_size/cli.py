@@ -14,10 +14,9 @@ import sys
 import torch
 
 from explorer.core.cache import default_cache, shipped_cache
-from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.model_size import sizes
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 
 def config_from_args(args: argparse.Namespace) -> sizes.SizeConfig:
@@ -38,6 +37,7 @@ def format_table(entry_metrics: dict) -> str:
     return "\n".join(lines)
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run (or read) one sweep over widths and print its table; 2 for a refused setting, 1 for a diverged run."""
     d = sizes.SizeConfig()
@@ -54,18 +54,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the app's device)")
     ap.add_argument("--ship", action="store_true", help="store the result in cache/shipped (to commit)")
     args = ap.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
     cache = shipped_cache() if args.ship else default_cache()
-    try:
-        with TerminalReporter() as report:
-            entry = sizes.run(cfg, cache, report, torch.device(args.device) if args.device else None)
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    with TerminalReporter() as report:
+        entry = sizes.run(cfg, cache, report, torch.device(args.device) if args.device else None)
     m = entry.metrics
     if m.get("notice"):
         print(m["notice"], file=sys.stderr)

@@ -11,10 +11,9 @@ import dataclasses
 import sys
 
 from explorer.core.cache import default_cache, shipped_cache
-from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.sharpness import lab
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 COLUMNS = (("batch_size", "batch", "{:>6d}"), ("steps", "steps", "{:>6d}"), ("epochs", "epochs", "{:>7.1f}"),
            ("train_loss", "train loss", "{:>10.4f}"), ("train_acc", "train acc", "{:>9.3f}"),
@@ -30,6 +29,7 @@ def print_table(m: dict) -> None:
         print(" ".join(fmt.format(row[k]) for k, _, fmt in COLUMNS))
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run (or read from the cache) one sweep and print it; 2 for a refused setting, 1 for a diverged run."""
     ap = argparse.ArgumentParser(prog="python -m explorer sharpness", description=__doc__.splitlines()[0])
@@ -42,16 +42,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--ship", action="store_true", help="store the result in cache/shipped (to commit)")
     args = vars(ap.parse_args(argv))
     ship = args.pop("ship")
-    try:
-        cfg = lab.SharpConfig(**{**args, "batch_sizes": tuple(args["batch_sizes"])})
-        with TerminalReporter() as report:
-            entry = lab.run(cfg, shipped_cache() if ship else default_cache(), report)
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    cfg = lab.SharpConfig(**{**args, "batch_sizes": tuple(args["batch_sizes"])})
+    with TerminalReporter() as report:
+        entry = lab.run(cfg, shipped_cache() if ship else default_cache(), report)
     m = entry.metrics
     if m.get("notice"):
         print(m["notice"], file=sys.stderr)

@@ -20,7 +20,7 @@ from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.transfer_learning import source as src
 from explorer.labs.transfer_learning import transfer as tl
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -54,6 +54,7 @@ def format_table(m: dict) -> str:
     return "\n".join(lines)
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run (or read) one table and print it; 2 for a refused setting or weights file, 1 for a diverged run."""
     d, s = tl.TransferConfig(), src.SourceConfig()
@@ -84,24 +85,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the app's device)")
     ap.add_argument("--ship", action="store_true", help="store the result in cache/shipped (to commit)")
     args = ap.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        weights = args.weights
-        if args.download_weights and weights is None and src.find_imagenet_weights() is None:
-            if src.download_imagenet_weights() is None:
-                print("could not download the ImageNet weights (offline?): using the self-trained source",
-                      file=sys.stderr)
-        plan = tl.resolve(cfg, weights)
-    except ConfigError as exc:  # WeightsError is one: a wrong file says what is wrong with it
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    weights = args.weights
+    if args.download_weights and weights is None and src.find_imagenet_weights() is None:
+        if src.download_imagenet_weights() is None:
+            print("could not download the ImageNet weights (offline?): using the self-trained source",
+                  file=sys.stderr)
+    plan = tl.resolve(cfg, weights)
     cache = shipped_cache() if args.ship else default_cache()
-    try:
-        with TerminalReporter() as report:
-            entry = tl.run(cfg, cache, report, torch.device(args.device) if args.device else None, weights)
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    with TerminalReporter() as report:
+        entry = tl.run(cfg, cache, report, torch.device(args.device) if args.device else None, weights)
     m = entry.metrics
     if m.get("notice"):
         print(m["notice"], file=sys.stderr)

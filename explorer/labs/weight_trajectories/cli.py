@@ -11,10 +11,9 @@ import dataclasses
 import sys
 
 from explorer.core.cache import default_cache
-from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.labs.weight_trajectories import paths, surface
-from explorer.train.evaluate import Diverged
+from explorer.train.evaluate import exit_codes
 
 CONFIGS = {"images": paths.TrajConfig, "toy": paths.ToyConfig}
 
@@ -35,6 +34,7 @@ def _print(entry) -> None:
               f"{r['layer 1 PC2']:>9.3f} {r['whole model PC1']:>9.3f} {r['whole model PC2']:>9.3f}")
 
 
+@exit_codes
 def main(argv: list[str]) -> int:
     """Run one trajectory set and print its table; 2 for a refused setting, 1 for a diverged run."""
     ap = argparse.ArgumentParser(prog="python -m explorer trajectories", description=__doc__.splitlines()[0])
@@ -46,26 +46,19 @@ def main(argv: list[str]) -> int:
         p.add_argument("--surface", type=int, default=0, help="grid points per axis of run 0's loss surface (0: none)")
     args = ap.parse_args(argv)
     cls = CONFIGS[args.which]
-    try:
-        cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    with TerminalReporter() as report:
+        entry = paths.run(cfg, default_cache(), report)
+    _print(entry)
+    if args.surface:
+        scfg = surface.SurfaceConfig(run=cfg, grid=args.surface)
         with TerminalReporter() as report:
-            entry = paths.run(cfg, default_cache(), report)
-        _print(entry)
-        if args.surface:
-            scfg = surface.SurfaceConfig(run=cfg, grid=args.surface)
-            with TerminalReporter() as report:
-                s = surface.run(scfg, default_cache(), report).metrics
-            flat = [v for row in s["loss"] for v in row]
-            print(f"loss surface around run 0 ({args.surface}x{args.surface}, {s['n_eval']} training examples): "
-                  f"PC1 {s['explained'][0]:.3f}, PC2 {s['explained'][1]:.3f} of the path's variance; "
-                  f"loss {min(flat):.4f} to {max(flat):.4f}")
-            print(f"{'epoch':>5s} {'a':>9s} {'b':>9s}")
-            for e, (a, b) in zip(s["path_epochs"], s["path"]):
-                print(f"{e:>5d} {a:>9.3f} {b:>9.3f}")
-        return 0
-    except ConfigError as exc:
-        print(f"setting refused: {exc}", file=sys.stderr)
-        return 2
-    except Diverged as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+            s = surface.run(scfg, default_cache(), report).metrics
+        flat = [v for row in s["loss"] for v in row]
+        print(f"loss surface around run 0 ({args.surface}x{args.surface}, {s['n_eval']} training examples): "
+              f"PC1 {s['explained'][0]:.3f}, PC2 {s['explained'][1]:.3f} of the path's variance; "
+              f"loss {min(flat):.4f} to {max(flat):.4f}")
+        print(f"{'epoch':>5s} {'a':>9s} {'b':>9s}")
+        for e, (a, b) in zip(s["path_epochs"], s["path"]):
+            print(f"{e:>5d} {a:>9.3f} {b:>9.3f}")
+    return 0
