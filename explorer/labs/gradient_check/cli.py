@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from explorer.core.config import ConfigError
 from explorer.labs.gradient_check import lab as gc
+from explorer.train.evaluate import exit_codes
 
 
+@exit_codes
 def main(argv: list[str] | None = None) -> int:
     """Print the table of relative errors and verdicts; 2 for a refused setting."""
     ap = argparse.ArgumentParser(prog="python -m explorer gradcheck",
@@ -25,12 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-entries", type=int, default=d.max_entries, help="entries checked numerically per parameter")
     ap.add_argument("--sweep", action="store_true", help="also print the h-sweep (max error over parameters)")
     a = ap.parse_args(argv)
-    try:
-        cfg = gc.CheckConfig(model=a.model, bug=a.bug, h=a.h, dtype=a.dtype, lam=a.lam, batch_size=a.batch_size,
-                             hidden=a.hidden, seed=a.seed, data=a.data, max_entries=a.max_entries)
-    except ConfigError as exc:
-        print(f"error: {exc}")
-        return 2
+    cfg = gc.CheckConfig(model=a.model, bug=a.bug, h=a.h, dtype=a.dtype, lam=a.lam, batch_size=a.batch_size,
+                         hidden=a.hidden, seed=a.seed, data=a.data, max_entries=a.max_entries)
     result = gc.run_check(cfg, sweep=a.sweep)
     print(f"{gc.MODELS[cfg.model]}, bug: {gc.BUGS[cfg.bug].title}, h = {cfg.h:g}, {cfg.dtype}, lambda = {cfg.lam:g}")
     print(f"data: {result.data_note}; loss {result.loss:.6f}")

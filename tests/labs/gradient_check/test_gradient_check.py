@@ -97,3 +97,5 @@ def test_cli_prints_the_table(capsys):
     assert cli.main(["--model", "two_layer", "--bug", "no_bias_grad", "--data", "random", "--batch-size", "8"]) == 0
     out = capsys.readouterr().out
     assert "b1" in out and "fail" in out and "pass" in out and "Thresholds" in out
+    assert cli.main(["--h", "5"]) == 2  # out of range: refused like every CLI's setting
+    assert capsys.readouterr().err.startswith("setting refused: ")
