@@ -9,7 +9,7 @@ from pathlib import Path
 from explorer.core import settings
 from explorer.core.cache import KEY_PATTERN, KIND_PATTERN, default_cache
 from explorer.core.device import describe_device
-from explorer.core.provenance import code_version
+from explorer.core.provenance import code_version, cpu_description
 
 
 def _count(root: Path, kind: str) -> int:
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     cache = default_cache()
     print(f"device:       {describe_device()}")
+    print(f"processor:    {cpu_description()}")
     print(f"code version: {code_version()}")
     print(f"data folder:  {os.environ.get('EXPLORER_DATA_DIR', '(default) data/')}")
     print(f"cache:        {cache.root} (runtime), {cache.shipped_root} (shipped)")

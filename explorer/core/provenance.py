@@ -1,4 +1,4 @@
-"""Where a result came from: code version, device, time and library versions."""
+"""Where a result came from: code version, device, processor, time and library versions."""
 
 from __future__ import annotations
 
@@ -65,11 +65,38 @@ def code_version() -> str:
     return _git_version() or _source_version()
 
 
+ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4", "neon", "asimd", "sve")  # instruction sets kernels dispatch on
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_description() -> str:
+    """The processor as float kernels see it: model name, the instruction-set level PyTorch dispatches to, and the
+    vector / matrix instruction sets oneDNN and MKL pick kernels by. Two machines with different strings may
+    round differently (another kernel, another summation order); equal strings are what exact recomputes need."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # Linux; the first processor's lines
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key in ("model name", "Model") and not model:
+                model = value
+            elif key in ("flags", "Features") and not flags:
+                flags = {f for f in value.split() if f.startswith(ISA_PREFIXES)}
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = "unknown"
+    return f"{model}; torch {capability}" + (f"; {' '.join(sorted(flags))}" if flags else "")
+
+
 def provenance(device: str | None = None, **extra: Any) -> dict[str, Any]:
-    """Provenance for a result: code, device, UTC creation time, versions, plus `extra`."""
+    """Provenance for a result: code, device, processor, UTC creation time, versions, plus `extra`."""
     return {
         "code_version": code_version(),
         "device": describe_device() if device is None else device,
+        "cpu": cpu_description(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -93,9 +93,10 @@ def test_round_trip(cache: Cache) -> None:
     assert got.metrics["acc"] == 0.9 and got.metrics["loss"][:2] == [1.0, 0.5]
     assert math.isnan(got.metrics["loss"][2])
     assert got.meta["note"] == "hi"
-    for field in ("code_version", "device", "created", "torch", "python"):
+    for field in ("code_version", "device", "cpu", "created", "torch", "python"):
         assert got.meta[field]
     assert got.meta["code_version"].startswith(("git:", "src:"))
+    assert "; torch " in got.meta["cpu"]  # the processor and the instruction-set level PyTorch dispatches to
     tensors = got.tensors()
     assert set(tensors) == {"w", "b"}
     for name, tensor in result.tensors.items():
