@@ -104,12 +104,17 @@ def draw(m: dict, lecture: bool) -> None:
     """Summary, the charts (each with a CSV of its data) and the table."""
     df = frame(m)
     s = lab.summary(m["rows"])
+    flat = s["flat_share_median"]
+    why = ("these are *gradient-flat* points (Frye et al., Neural Computation 2021): the gradient lies in the "
+           "Hessian's near-null space, so the loss is locally linear along it and minimising ‖∇L‖² (whose gradient is "
+           "2H∇L) stalls there, at a stationary point of the gradient norm rather than a critical point of the loss"
+           if flat >= 0.5 else
+           "most of what is left lies along curved directions, where Newton-type steps can still shrink it")
     st.success(f"{m['runs']} runs of a {m['params']}-parameter net. Minimal ratio from {s['ratio_min']:.3f} to "
                f"{s['ratio_max']:.3f}; loss from {s['loss_min']:.2e} to {s['loss_max']:.2e}; gradient norm reached: "
                f"median {s['grad_median']:.1e}, largest {s['grad_max']:.1e}. Of the gradient that is left, a median "
-               f"{100 * s['flat_share_median']:.0f}% lies along flat directions (curvature below "
-               f"{lab.FLAT_REL:g} of the largest): the runs sit in long, nearly flat valleys, where no method gets "
-               "the gradient to zero quickly, and their near-zero eigenvalues split both ways.")
+               f"{100 * flat:.0f}% lies along flat directions (curvature below {lab.FLAT_REL:g} of the largest): "
+               f"{why}. Near-zero eigenvalues split both ways.")
     drawn = charts(df, lecture)
     slots = chart_slots(lecture, 2)
     for slot, (key, name, chart) in zip(slots + chart_slots(lecture, 1), drawn):
