@@ -1,4 +1,5 @@
-"""Test-wide settings: a temporary cache folder (removed at the end), the offline data folder; a recording Reporter."""
+"""Test-wide settings: a temporary cache folder (removed at the end), the offline data folder, torch's thread count
+restored after every test; a recording Reporter."""
 
 from __future__ import annotations
 
@@ -34,6 +35,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Remove the temporary runtime cache (each run used to leave tens of MB behind)."""
     if _RUNTIME is not None:
         shutil.rmtree(_RUNTIME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Every test ends with torch's intra-op thread count it started with: a CLI or page under test calls
+    configure_threads (1 thread, the app's setting), and a later exact recompute of a 2-thread result would
+    otherwise run with 1 thread and round differently (the model-size recompute did: 0.404010 vs 0.404165)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 class Recorder:

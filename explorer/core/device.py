@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -34,6 +38,28 @@ def describe_device(dev: torch.device | None = None) -> str:
     if dev.type == "mps":
         return "mps (Apple GPU)"
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def recorded_threads(meta: Mapping[str, Any]) -> int | None:
+    """The torch intra-op thread count a cached result was computed with (from its provenance's device text,
+    "cpu (2 cores, 2 torch threads)"); None for a GPU result or one that does not say."""
+    found = re.search(r"(\d+) torch threads", str(meta.get("device", "")))
+    return int(found.group(1)) if found else None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to n inside the block (unchanged for None), restored after it. A CPU
+    result's last bits depend on how its reductions are split across threads, so an exact recompute runs with
+    the count the result recorded."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def configure_threads(default: int = 1) -> int:

@@ -229,13 +229,19 @@ CONV_PROBE_SHAPES = ((1, 28, 28), (3, 32, 32))  # MNIST-like and CIFAR-10 images
 # CPU where the CIFAR-10 sweep's convolutions gave other bits from epoch 2)
 
 
-@functools.lru_cache(maxsize=8)
 def numerics_probe(family: str) -> str:
     """A fingerprint of this machine's float kernels as a family's points use them (16 hex digits), from the bits
     of a short computation on fixed data: a few fused-MLP steps of padded models (mlp), a grouped CNN's gradients
     (cnn5, resnet18: convolution kernels and their thread split), a float64 SVD and feature matmul (random
-    features). Where the fingerprint is the one a result was computed under, recomputing it gives the same bits;
-    elsewhere (another CPU, BLAS or thread count) the last bits may differ, and long trainings amplify them."""
+    features), at torch's current thread count. Where the fingerprint is the one a result was computed under,
+    recomputing it gives the same bits; elsewhere (another CPU, BLAS or thread count) the last bits may differ,
+    and long trainings amplify them."""
+    return _numerics_probe(family, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=16)
+def _numerics_probe(family: str, threads: int) -> str:
+    """numerics_probe for one thread count (the count is the cache key: the bits depend on it)."""
     from explorer.labs.double_descent.spec import RF_FAMILIES, SweepSpec
 
     g = torch.Generator().manual_seed(0)
