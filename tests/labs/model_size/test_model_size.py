@@ -9,6 +9,7 @@ import torch
 from explorer.core.cache import Cache, default_shipped_root
 from explorer.core.config import ConfigError
 from explorer.core.device import recorded_threads, torch_threads
+from explorer.core.provenance import cpu_description
 from explorer.labs.model_size import cli, sizes
 from explorer.nets.grouped import unstack
 
@@ -114,7 +115,13 @@ def test_the_shipped_smallest_width_is_what_todays_code_computes(tmp_path):
         fresh = sizes.train_sizes(cfg, device=CPU)
     shipped, now = entry.metrics["widths"][0], fresh["widths"][0]
     assert shipped["label"] == now["label"] == "(8,8)"
-    assert now["final"] == shipped["final"]  # bit for bit (1 thread instead of the shipped 2: 0.404010 vs 0.404165)
+    if now["final"] == shipped["final"]:  # bit for bit (1 thread instead of the shipped 2 gave 0.404010 vs 0.404165)
+        return
+    assert entry.meta.get("cpu") != cpu_description(), "same processor and thread count, other bits: the code changed"
+    # another (or an unrecorded) processor: its conv kernels may round differently, and 5 epochs amplify that to a
+    # few parts in a thousand; any change of recipe moves these numbers by far more
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert now["final"][key] == pytest.approx(shipped["final"][key], rel=3e-3, abs=3e-3), key
 
 
 def test_cli_prints_the_table_and_refuses_bad_settings(capsys):
