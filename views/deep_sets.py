@@ -11,7 +11,7 @@ from explorer.core.urlstate import Param
 from explorer.labs.deep_sets import sets
 from explorer.labs.deep_sets.tasks import TASKS
 from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, start_job, stop_job)
+                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
 
 K = "ds_"  # widget-key prefix
 SLOT = "ds_sweep"
@@ -97,8 +97,10 @@ def _vs_size(df: pd.DataFrame, train_max: int, lecture: bool) -> alt.TopLevelMix
         x=alt.X("size:Q", title="set size at test"), y=alt.Y("test MSE:Q", scale=alt.Scale(type="log"),
                                                             title="test MSE (log)"),
         color=alt.Color("model:N", title=None, legend=alt.Legend(orient="bottom", columns=3)),
-        strokeDash=alt.StrokeDash("kind:N", title=None, scale=alt.Scale(domain=["deepsets", "mlp", "baseline"],
-                                                                         range=[[1, 0], [1, 0], [5, 3]])),
+        strokeDash=alt.StrokeDash("kind:N", scale=alt.Scale(domain=["deepsets", "mlp", "baseline"],
+                                                             range=[[1, 0], [1, 0], [5, 3]]),
+                                  legend=alt.Legend(title=None, symbolType="stroke", symbolStrokeColor="#555",
+                                                    symbolStrokeWidth=2, symbolSize=300)),
         tooltip=["model", "size", alt.Tooltip("test MSE:Q", format=".4g")])
     rule = alt.Chart(pd.DataFrame({"size": [train_max]})).mark_rule(color="#888", strokeDash=[2, 2]).encode(x="size:Q")
     chart = alt.layer(lines, rule).properties(height=340, title=f"Test error vs set size (training sets: up to "
@@ -111,7 +113,7 @@ def _curves(df: pd.DataFrame, lecture: bool) -> alt.TopLevelMixin:
     chart = alt.Chart(df).mark_line().encode(
         x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("MSE:Q", scale=alt.Scale(type="log")),
         color=alt.Color("model:N", title=None, legend=alt.Legend(orient="bottom", columns=3)),
-        strokeDash=alt.StrokeDash("split:N", scale=alt.Scale(domain=["train", "val"], range=[[1, 0], [5, 3]])),
+        strokeDash=split_dash("train", "val"),
         tooltip=["model", "epoch", "split", alt.Tooltip("MSE:Q", format=".4g")],
     ).properties(height=300, title="Training (solid) and validation (dashed) MSE").interactive()
     return for_lecture(chart, lecture)

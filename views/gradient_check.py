@@ -10,7 +10,7 @@ from explorer.core.config import ConfigError, check_choice
 from explorer.core.urlstate import Param
 from explorer.data.datasets import DatasetUnavailable
 from explorer.labs.gradient_check import lab as gc
-from views.widgets import app_cache, config_or_stop, for_lecture, lecture_mode, plain, settings_from_url
+from views.widgets import app_cache, config_or_stop, for_lecture, lecture_mode, plain, settings_from_url, split_dash
 
 K = "gc_"  # widget-key prefix
 START = gc.CheckConfig()
@@ -68,8 +68,7 @@ def sweep_chart(df: pd.DataFrame, h: float) -> alt.LayerChart:
         y=alt.Y("rel_error:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format=".0e"),
                 title="max relative error vs float64 autograd"),
         color=alt.Color("parameter:N", scale=alt.Scale(scheme="tableau10")),
-        strokeDash=alt.StrokeDash("dtype:N", scale=alt.Scale(domain=["float64", "float32"],
-                                                              range=[[1, 0], [5, 3]])),
+        strokeDash=split_dash("float64", "float32", title="numbers", field="dtype"),
         tooltip=["parameter", "dtype", alt.Tooltip("h:Q", format=".0e"),
                  alt.Tooltip("rel_error:Q", format=".2e", title="relative error")])
     bands = pd.DataFrame({"y": [gc.PASS_BELOW, gc.SUSPICIOUS_BELOW],

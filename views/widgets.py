@@ -268,10 +268,11 @@ def settings_from_url(schema: dict, prefix: str, validate: Callable[[dict], Any]
         return {k: p.default for k, p in schema.items()}
 
 
-def split_dash(solid: str, dashed: str, title: str | None = None) -> alt.StrokeDash:
-    """Line style by the "split" column: `solid` drawn solid, `dashed` dashed, whatever the names' order (by
-    default Vega-Lite assigns dashes alphabetically), with line-segment legend symbols."""
-    return alt.StrokeDash("split:N", scale=alt.Scale(domain=[solid, dashed], range=[[1, 0], [5, 3]]),
+def split_dash(solid: str, dashed: str, title: str | None = None, field: str = "split") -> alt.StrokeDash:
+    """Line style by the `field` column ("split" by default): `solid` drawn solid, `dashed` dashed, whatever the
+    names' order (by default Vega-Lite assigns dashes alphabetically), with line-segment legend symbols (a
+    line with points would otherwise show two identical dots)."""
+    return alt.StrokeDash(f"{field}:N", scale=alt.Scale(domain=[solid, dashed], range=[[1, 0], [5, 3]]),
                           legend=alt.Legend(title=title, symbolType="stroke", symbolStrokeColor="#555",
                                             symbolStrokeWidth=2, symbolSize=300))
 
