@@ -22,9 +22,11 @@ SCHEMA = {"target": Param(str, START.target), "hidden": Param(int, START.hidden)
           "seed": Param(int, START.seed)}
 TARGET_LABELS = {k: t[0] for k, t in lab.TARGETS.items()}
 LOOK_FOR = ("**What to look for:** every dot is one run stopped where its gradient is small (the norm reached is "
-            "drawn beside it): a point near a critical point. The lower its loss, the larger its minimal ratio, the "
-            "share of directions of positive curvature: high-loss points are saddles with many downhill directions, "
-            "low-loss ones are closer to minima. A strict minimum would have 1, but these tiny nets keep many eigenvalues near zero whose signs split both ways.")
+            "drawn beside it): where the search for a critical point stopped, at a critical point or at a "
+            "gradient-flat point (the summary below says which). The lower its loss, the larger its minimal ratio, "
+            "the share of directions of positive curvature: high-loss points are saddles with many downhill "
+            "directions, low-loss ones are closer to minima. A strict minimum would have 1, but these tiny nets keep "
+            "many eigenvalues near zero whose signs split both ways.")
 DEFINITION = (
     "**Minimal ratio** = (number of positive eigenvalues of the Hessian) / (number of parameters), at a point where "
     "the gradient is (nearly) zero. The Hessian is exact: torch.func.hessian of the training MSE on the flat "
