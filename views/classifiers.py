@@ -21,8 +21,9 @@ from explorer.labs.classifiers import workbench as W
 from explorer.labs.classifiers.config import FAMILY_TITLES, ClassifierConfig, get_path, model_title, with_values
 from explorer.nets.cnn import FAMILIES, CNNConfig
 from explorer.render import gallery as G
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
+                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
+                           start_job, stop_job)
 
 K = "cl_"  # widget-key prefix
 SLOT = "cl_run"  # this session's training job
@@ -222,9 +223,9 @@ def _curves(df: pd.DataFrame, y: str, lecture: bool, epochs: int | None = None, 
         enc["color"] = alt.Color(f"{color}:N", legend=alt.Legend(orient="bottom", title=None, labelLimit=0,
                                                                  direction="vertical"))
         enc["detail"] = "split:N"
-    chart = alt.Chart(df).mark_line(point=True).encode(**enc)
     if not color:
-        chart = chart.encode(color=alt.value("#4c78a8"))
+        enc["color"] = alt.value("#4c78a8")
+    chart = lines_with_points(df, point_size=20, **enc)
     title = (title or f"{y} per epoch") + " (solid: train, dashed: validation)"
     return for_lecture(chart.properties(height=300, title=title).interactive(), lecture)
 

@@ -14,8 +14,9 @@ from explorer.core.config import ConfigError
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.cyclical_lr import lab, schedule
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
+                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
+                           start_job, stop_job)
 
 K = "clr_"  # widget-key prefix
 R = lab.REPORT
@@ -117,9 +118,10 @@ def _history(m: dict) -> pd.DataFrame:
 
 
 def _curve(df: pd.DataFrame, y: str, title: str, steps: int, height: int = 260) -> alt.Chart:
-    return alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("step:Q", scale=alt.Scale(domain=[0, steps])), y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False)),
-        strokeDash=split_dash("training", "validation"), color=alt.value("#4c78a8"),
+    return lines_with_points(
+        df, point_size=20, x=alt.X("step:Q", scale=alt.Scale(domain=[0, steps])),
+        y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False)), strokeDash=split_dash("training", "validation"),
+        color=alt.value("#4c78a8"),
         tooltip=["split", "step", alt.Tooltip("epoch:Q", format=".2f"), alt.Tooltip("lr:Q", format=".3g"),
                  alt.Tooltip(f"{y}:Q", format=".4f")]).properties(height=height, title=title).interactive()
 

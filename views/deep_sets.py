@@ -10,8 +10,9 @@ from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.deep_sets import sets
 from explorer.labs.deep_sets.tasks import TASKS
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
+                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
+                           start_job, stop_job)
 
 K = "ds_"  # widget-key prefix
 SLOT = "ds_sweep"
@@ -93,9 +94,9 @@ def _heatmap(df: pd.DataFrame, lecture: bool) -> alt.TopLevelMixin:
 
 def _vs_size(df: pd.DataFrame, train_max: int, lecture: bool) -> alt.TopLevelMixin:
     """Test MSE against the set size per model (log y), the largest training size marked."""
-    lines = alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("size:Q", title="set size at test"), y=alt.Y("test MSE:Q", scale=alt.Scale(type="log"),
-                                                            title="test MSE (log)"),
+    lines = lines_with_points(
+        df, x=alt.X("size:Q", title="set size at test"),
+        y=alt.Y("test MSE:Q", scale=alt.Scale(type="log"), title="test MSE (log)"),
         color=alt.Color("model:N", title=None, legend=alt.Legend(orient="bottom", columns=3)),
         strokeDash=alt.StrokeDash("kind:N", scale=alt.Scale(domain=["deepsets", "mlp", "baseline"],
                                                              range=[[1, 0], [1, 0], [5, 3]]),

@@ -27,8 +27,8 @@ from explorer.labs.double_descent.results import (clearest_sweep, describe, engi
                                                   sweep_frame)
 from explorer.labs.double_descent.run import plan_sweep, run_sweep
 from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, SWEEP_KIND, live_spec
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, show_provenance, split_dash, start_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
+                           lines_with_points, plain, poll_job, show_provenance, split_dash, start_job)
 
 K = "dd_"  # widget-key prefix
 METRIC_LABELS = {"test_err": "test error (clean labels)", "test_err_noisy": "test error (noisy labels)",
@@ -127,12 +127,9 @@ def _model_wise(df: pd.DataFrame, metric: str, x_axis: str, epoch: int, closed_f
     band = alt.Chart(data).mark_area(opacity=0.2).encode(x=x, y="min:Q", y2="max:Q", color=color,
                                                           detail="split:N")
     y = alt.Y("mean:Q", title=f"{METRIC_LABELS.get(metric, metric)} / train")
-    line = alt.Chart(data).mark_line().encode(  # points are their own layer, so the legend shows the dashes
-        x=x, y=y, color=color, strokeDash=split_dash("test", "train", "set"))
-    points = alt.Chart(data).mark_point(filled=True, size=30).encode(
-        x=x, y=y, color=alt.Color("label noise:N", scale=hues, legend=None),
-        tooltip=["label noise", x_axis, "split", alt.Tooltip("mean:Q", format=".3f")])
-    marks = [band, line, points]
+    lines = lines_with_points(data, x=x, y=y, color=color, strokeDash=split_dash("test", "train", "set"),
+                              tooltip=["label noise", x_axis, "split", alt.Tooltip("mean:Q", format=".3f")])
+    marks = [band, lines]
     fit_test = ("train_loss", 1e-6) if closed_form else ("train_err", 0.0)  # squared error fits exactly only at p >= n
     thresholds = [{"label noise": f"{round(100 * p, 1)}%", "x": t} for p in sorted(df["noise"].unique())
                   if (t := interpolation_threshold(df, p, epoch, x_axis, *fit_test)) is not None]

@@ -12,8 +12,9 @@ from explorer.core.config import ConfigError, check_choice
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.function_fitting import fit1d, images
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
+                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
+                           start_job, stop_job)
 
 K = "ff_"  # widget-key prefix
 START = fit1d.FitConfig()  # the page's default: the report's three nets on sinc5, a few seconds on a CPU
@@ -265,8 +266,8 @@ def draw_images(m: dict, lecture: bool) -> None:
     df = pd.DataFrame(rows)
     c1, c2 = chart_slots(lecture)
     for slot, y in ((c1, "accuracy"), (c2, "loss")):
-        chart = alt.Chart(df).mark_line(point=True).encode(
-            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y(f"{y}:Q"),
+        chart = lines_with_points(
+            df, x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y(f"{y}:Q"),
             color=alt.Color("model:N", legend=alt.Legend(orient="bottom", columns=1, title=None, labelLimit=0)),
             strokeDash=split_dash("train", "test"),
             tooltip=["model", "split", "epoch", alt.Tooltip(f"{y}:Q", format=".4f")]).properties(height=340)

@@ -10,7 +10,8 @@ from explorer.core.config import ConfigError, check_choice
 from explorer.core.urlstate import Param
 from explorer.data.datasets import DatasetUnavailable
 from explorer.labs.gradient_check import lab as gc
-from views.widgets import app_cache, config_or_stop, for_lecture, lecture_mode, plain, settings_from_url, split_dash
+from views.widgets import (app_cache, config_or_stop, for_lecture, lecture_mode, lines_with_points, plain,
+                           settings_from_url, split_dash)
 
 K = "gc_"  # widget-key prefix
 START = gc.CheckConfig()
@@ -62,9 +63,9 @@ def _check(cfg: gc.CheckConfig, _cache: object) -> gc.CheckResult:
 
 def sweep_chart(df: pd.DataFrame, h: float) -> alt.LayerChart:
     """Relative error of the numerical gradient against h, log-log, a line per parameter and dtype."""
-    lines = alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("h:Q", scale=alt.Scale(type="log", reverse=True), axis=alt.Axis(format=".0e"),
-                title="step h (smaller to the right)"),
+    lines = lines_with_points(
+        df, x=alt.X("h:Q", scale=alt.Scale(type="log", reverse=True), axis=alt.Axis(format=".0e"),
+                    title="step h (smaller to the right)"),
         y=alt.Y("rel_error:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format=".0e"),
                 title="max relative error vs float64 autograd"),
         color=alt.Color("parameter:N", scale=alt.Scale(scheme="tableau10")),

@@ -12,8 +12,8 @@ from explorer.core.cache import Entry
 from explorer.core.config import ConfigError
 from explorer.core.urlstate import Param
 from explorer.labs.interpolation import lines, plane
-from views.widgets import (app_cache, cached_or_job, chart_slots, config_or_stop, for_lecture, lecture_mode, plain,
-                           settings_from_url, show_provenance, split_dash)
+from views.widgets import (app_cache, cached_or_job, chart_slots, config_or_stop, for_lecture, lecture_mode,
+                           lines_with_points, plain, settings_from_url, show_provenance, split_dash)
 
 K = "ip_"  # widget-key prefix
 START = lines.InterpConfig()
@@ -95,8 +95,8 @@ def line_chart(df: pd.DataFrame, metric: str, x: str, title: str, lecture: bool,
     d = df[df["metric"] == METRIC_LABELS[metric]]
     y = alt.Y("value:Q", title=METRIC_LABELS[metric], scale=alt.Scale(type="log" if metric == "loss" else "linear",
                                                                      zero=False))
-    chart = alt.Chart(d).mark_line(point=alt.OverlayMarkDef(size=20)).encode(
-        x=alt.X(f"{x}:Q", title=x), y=y,
+    chart = lines_with_points(
+        d, point_size=20, x=alt.X(f"{x}:Q", title=x), y=y,
         color=alt.Color("line:N", legend=alt.Legend(orient="bottom", title=None, labelLimit=0)),
         strokeDash=split_dash("train", "test"),
         tooltip=["line", "split", alt.Tooltip(f"{x}:Q", format=".2f"), alt.Tooltip("value:Q", format=".4f")])

@@ -16,8 +16,9 @@ from explorer.core.urlstate import Param
 from explorer.data.noise import LABEL_SCHEMES, MODES
 from explorer.labs.memorisation import lab as mem
 from explorer.train.stacked import OPTIMIZER_KINDS
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
+                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
+                           start_job, stop_job)
 
 K = "mem_"  # widget-key prefix
 VIEWS = {"modes": "Corruption modes", "sweep-p": "Corruption fraction p", "sweep-width": "Width vs parameters"}
@@ -194,8 +195,8 @@ def draw_sweep_p(m: dict[str, Any]) -> None:
     df = pd.DataFrame(rows)
     lecture = bool(st.session_state.get(K + "lecture"))
     c1, c2 = chart_slots(lecture)
-    chart = alt.Chart(df).mark_line(point=True).encode(
-        x="p:Q", y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), strokeDash=split_dash("train", "test"),
+    chart = lines_with_points(
+        df, x="p:Q", y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), strokeDash=split_dash("train", "test"),
         tooltip=["p", "split", alt.Tooltip("accuracy:Q", format=".3f"), "epochs to fit"])
     rule = alt.Chart(pd.DataFrame({"chance": [m["chance"]]})).mark_rule(strokeDash=[2, 2], color="grey").encode(
         y="chance:Q")

@@ -11,8 +11,9 @@ from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.data.datasets import title
 from explorer.labs.model_size import sizes
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
+                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
+                           start_job, stop_job)
 
 K = "ms_"  # widget-key prefix
 START = sizes.SizeConfig()  # the page's default: the shipped result
@@ -106,8 +107,9 @@ def _curve_frame(m: dict) -> pd.DataFrame:
 
 def _vs_params(df: pd.DataFrame, y: str, lecture: bool) -> alt.TopLevelMixin:
     """y (accuracy or loss) against the parameter count on a log axis, train solid and test dashed."""
-    chart = alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("params:Q", scale=alt.Scale(type="log"), title="parameters (log scale)"),
+    chart = lines_with_points(
+        df, x=alt.X("params:Q", title="parameters (log scale)",  # the widths' own range, not whole decades
+                    scale=alt.Scale(type="log", domain=[df["params"].min() / 1.25, df["params"].max() * 1.25])),
         y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False), title=f"final {y}"),
         color=alt.Color("split:N", scale=alt.Scale(domain=["train", "test"], range=["#4c78a8", "#e45756"]),
                         legend=alt.Legend(orient="bottom", title=None)),

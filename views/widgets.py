@@ -277,6 +277,22 @@ def split_dash(solid: str, dashed: str, title: str | None = None, field: str = "
                                             symbolStrokeWidth=2, symbolSize=300))
 
 
+def lines_with_points(data: Any, *, point_size: float = 30, **encoding: Any) -> alt.LayerChart:
+    """A line per series with a filled point at every value, whose dash legend (a strokeDash channel, e.g.
+    split_dash) shows the dashes: the points are a layer of their own without strokeDash and without a colour
+    legend of their own. (A line mark with point=True draws a dash legend's stroke symbols invisibly, leaving
+    bare labels.)"""
+    line = alt.Chart(data).mark_line().encode(**encoding)
+    dots = {k: v for k, v in encoding.items() if k != "strokeDash"}
+    color = dots.get("color")
+    if isinstance(color, str):
+        dots["color"] = alt.Color(color, legend=None)
+    elif isinstance(color, alt.Color):
+        dots["color"] = color.copy(deep=True)
+        dots["color"].legend = None
+    return alt.layer(line, alt.Chart(data).mark_point(filled=True, size=point_size).encode(**dots))
+
+
 LECTURE_HEIGHT = 440  # px of a chart in lecture mode: about half a 1080-pixel screen
 LECTURE_FONT = 18  # px of chart text in lecture mode: readable from the back of a hall on a 1920-wide projector
 
