@@ -126,7 +126,7 @@ def _line(df: pd.DataFrame, x: str, y: str, color: str, chance: float | None = N
           log_x: bool = False) -> alt.Chart:
     """Lines coloured by `color`, solid for train and dashed for test, with an optional chance rule."""
     scale = alt.Scale(type="log") if log_x else alt.Undefined
-    chart = alt.Chart(df).mark_line(point=log_x).encode(
+    enc = dict(
         x=alt.X(f"{x}:Q", scale=scale), y=alt.Y(f"{y}:Q"),
         # Distinct hues, not shades, in the runs' own order; one column with no label limit, so that no long
         # mode title is truncated or runs past the chart's edge in a half-width column.
@@ -135,6 +135,7 @@ def _line(df: pd.DataFrame, x: str, y: str, color: str, chance: float | None = N
                                           symbolType="stroke", symbolStrokeWidth=3)),
         strokeDash=split_dash("train", "test"),
         tooltip=[color, "split", x, alt.Tooltip(f"{y}:Q", format=".3f")])
+    chart = lines_with_points(df, **enc) if log_x else alt.Chart(df).mark_line().encode(**enc)
     if chance is not None:
         rule = alt.Chart(pd.DataFrame({"chance": [chance]})).mark_rule(strokeDash=[2, 2], color="grey").encode(
             y="chance:Q", tooltip=[alt.Tooltip("chance:Q", format=".2f")])
