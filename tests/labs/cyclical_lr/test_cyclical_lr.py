@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from explorer.core.cache import Cache
+from explorer.core.cache import Cache, Entry, default_shipped_root
 from explorer.core.config import ConfigError
+from explorer.core.device import recorded_threads, torch_threads
+from explorer.core.provenance import cpu_description
 from explorer.labs.cyclical_lr import cli, lab, schedule
 from explorer.train.evaluate import Diverged
 
@@ -187,3 +190,38 @@ def test_cli_prints_tables_and_refuses_bad_settings(capsys):
     assert "lambda must be between" in capsys.readouterr().err
     assert cli.main(["train", "--dataset", "digits", "--eta-min", "10", "--eta-max", "10", "--n-s", "50"]) == 1
     assert "diverged at step" in capsys.readouterr().err
+
+
+def _shipped(kind: str, recompute: str) -> Entry:
+    cache = Cache(Path(tempfile.mkdtemp(prefix="clr-shipped-")), shipped_root=default_shipped_root())
+    found = [e for e in cache.entries(kind) if e.shipped and e.meta.get("recompute") == recompute]
+    assert found, f"no shipped {kind} entry recomputed by {recompute}"
+    return found[0]
+
+
+
+def _finals(kind: str, m: dict) -> list[float]:
+    """The numbers a result is read by: the test loss and accuracy, or the range test's best rate and lowest
+    smoothed loss (not where it stops: the last steps diverge, and there other bits are far apart)."""
+    return [m["best_lr"], min(m["smoothed"])] if kind == lab.KIND_RANGE else [*m["test_loss"], *m["test_acc"]]
+
+
+@pytest.mark.parametrize("recompute", ["python -m explorer clr train --lam 0 --n-s 100 --cycles 2 --n-train 100 "
+                                       "--evals-per-cycle 10", "python -m explorer clr range"])
+def test_a_shipped_result_is_what_todays_code_computes(recompute):
+    """The overfit check (5 s) and the range test (7 s), recomputed from their shipped settings at their thread
+    count: bit for bit on the processor that shipped them; elsewhere (another or an unrecorded processor, whose
+    matmul kernels may round differently) the final numbers to a part in a thousand."""
+    if not (SHARED / "cifar10-jpeg.zip").is_file() and not (SHARED / "cifar-10-batches-py").is_dir():
+        pytest.skip("no CIFAR-10 in ../shared/datasets")
+    kind = lab.KIND_RANGE if " range" in recompute else lab.KIND_TRAIN
+    entry = _shipped(kind, recompute)
+    cfg = (lab.RangeConfig if kind == lab.KIND_RANGE else lab.TrainConfig)(**entry.config)
+    with torch_threads(recorded_threads(entry.meta)):
+        now = lab.COMPUTE[kind](cfg, device=CPU)
+    keys = ("lr", "loss", "smoothed", "stopped", "best_lr") if kind == lab.KIND_RANGE else ("history", "test_acc",
+                                                                                            "test_loss")
+    if all(now[k] == entry.metrics[k] for k in keys):
+        return
+    assert entry.meta.get("cpu") != cpu_description(), "same processor and thread count, other bits: the code changed"
+    assert _finals(kind, now) == pytest.approx(_finals(kind, entry.metrics), rel=1e-3, abs=1e-3)
