@@ -11,8 +11,8 @@ from explorer.core.config import ConfigError
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.critical_points import lab
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
+                           lecture_mode, plain, poll_job, show_provenance, start_job, stop_job)
 
 K = "cp_"  # widget-key prefix
 START = lab.CriticalConfig()
@@ -36,16 +36,9 @@ DEFINITION = (
     "eigenvalues, so it sits above the exact ratio where the positive eigenvalues are the large ones.")
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "target" in st.session_state:
-        return
-
-    def validate(v: dict) -> None:
-        lab.CriticalConfig(**v)
-
-    for name, value in settings_from_url(SCHEMA, K, validate).items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    lab.CriticalConfig(**v)
 
 
 def settings_ui() -> lab.CriticalConfig:
@@ -163,7 +156,7 @@ st.title("Critical points: the minimal ratio")
 lecture = lecture_mode(K)
 st.caption("Drive many tiny networks to points of zero gradient and ask each Hessian how many directions still go "
            "down.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 try:

@@ -14,9 +14,9 @@ from explorer.core.config import ConfigError
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.cyclical_lr import lab, schedule
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
-                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
-                           start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
+                           lecture_mode, lines_with_points, plain, poll_job, show_provenance, split_dash, start_job,
+                           stop_job)
 
 K = "clr_"  # widget-key prefix
 R = lab.REPORT
@@ -35,18 +35,11 @@ LOOK_FOR = ("**What to look for:** the cost drops fastest while the rate is high
             "reached 48.09% test accuracy; set the training images to 0 to train on all 45,000 instead.")
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "lam" in st.session_state:
-        return
-
-    def validate(v: dict) -> None:
-        lab.TrainConfig(dataset=v["dataset"], model=v["model"], lam=v["lam"], eta_min=v["eta_min"],
-                        eta_max=v["eta_max"], n_s=v["n_s"], cycles=v["cycles"], batch_size=v["batch"],
-                        n_train=v["n_train"])
-
-    for name, value in settings_from_url(SCHEMA, K, validate).items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    lab.TrainConfig(dataset=v["dataset"], model=v["model"], lam=v["lam"], eta_min=v["eta_min"],
+                    eta_max=v["eta_max"], n_s=v["n_s"], cycles=v["cycles"], batch_size=v["batch"],
+                    n_train=v["n_train"])
 
 
 def _train_stop(slot: str, label: str, cfg: Any, autostart: bool, disabled: bool = False) -> tuple[Job | None, bool]:
@@ -339,7 +332,7 @@ lecture = lecture_mode(K)
 st.caption("A softmax classifier and a two-layer ReLU net on raw CIFAR-10 pixels (flattened to 3072, normalised "
            "by the training mean and std), L2-regularised, trained by mini-batch SGD with the triangular cyclical "
            "rate of Smith (2015), as in the KTH DD2424 assignment.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 wanted = st.selectbox("Data set", list(DATASET_LABELS), format_func=DATASET_LABELS.get, key=K + "dataset")

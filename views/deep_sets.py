@@ -10,9 +10,9 @@ from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.deep_sets import sets
 from explorer.labs.deep_sets.tasks import TASKS
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
-                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
-                           start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
+                           lecture_mode, lines_with_points, plain, poll_job, show_provenance, split_dash, start_job,
+                           stop_job)
 
 K = "ds_"  # widget-key prefix
 SLOT = "ds_sweep"
@@ -29,18 +29,14 @@ LOOK_FOR = ("**What to look for:** every model trains on sets of 2-10 elements a
             "padded set fits the training sizes but has never seen the positions beyond them.")
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "task" in st.session_state:
-        return
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    sets.SetsConfig(**v)
 
-    def validate(v: dict) -> None:
-        sets.SetsConfig(**v)
 
-    values = settings_from_url(SCHEMA, K, validate)
-    values["layers"], values["widths"] = list(values["layers"]), list(values["widths"])
-    for name, value in values.items():
-        st.session_state[K + name] = value
+def _as_widget(name: str, value: object) -> object:
+    """The layers and widths multiselects take lists, not the URL's tuples."""
+    return list(value) if name in ("layers", "widths") else value
 
 
 def settings_ui() -> sets.SetsConfig:
@@ -199,7 +195,7 @@ lecture = lecture_mode(K)
 st.caption("Zaheer et al. (2017): an equivariant layer phi(x)_i = relu(Lambda x_i + Gamma pool(x)) treats every "
            "element alike, and a readout rho(sum_i phi(x)_i) gives the same answer for every ordering of the set. "
            "Padded sets with a mask let sets of different sizes share a batch.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link, _as_widget)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 st.markdown(LOOK_FOR)

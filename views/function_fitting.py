@@ -12,9 +12,9 @@ from explorer.core.config import ConfigError, check_choice
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.function_fitting import fit1d, images
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
-                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
-                           start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
+                           lecture_mode, lines_with_points, plain, poll_job, show_provenance, split_dash, start_job,
+                           stop_job)
 
 K = "ff_"  # widget-key prefix
 START = fit1d.FitConfig()  # the page's default: the report's three nets on sinc5, a few seconds on a CPU
@@ -30,17 +30,10 @@ LOOK_FOR = ("**What to look for:** the three networks have about the same number
             "them over.")
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "target" in st.session_state:
-        return
-
-    def validate(v: dict) -> None:
-        check_choice("target", v["target"], fit1d.TARGETS)
-        fit1d.FitConfig(target=v["target"], activation=v["activation"], epochs=v["epochs"], lr=v["lr"])
-
-    for name, value in settings_from_url(SCHEMA, K, validate).items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    check_choice("target", v["target"], fit1d.TARGETS)
+    fit1d.FitConfig(target=v["target"], activation=v["activation"], epochs=v["epochs"], lr=v["lr"])
 
 
 # --- 1-D tab ---------------------------------------------------------------------------------------------
@@ -314,7 +307,7 @@ st.title("Function fitting: depth vs width")
 lecture = lecture_mode(K)
 st.caption("Networks with the same number of parameters, arranged deep and narrow or shallow and wide, fitting "
            "the same function: depth buys far more than width.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 tab1, tab2 = st.tabs(["1D functions", "Images: shallow vs deep CNN"])

@@ -10,8 +10,8 @@ from explorer.core.config import ConfigError, check_choice
 from explorer.core.urlstate import Param
 from explorer.data.datasets import DatasetUnavailable
 from explorer.labs.gradient_check import lab as gc
-from views.widgets import (app_cache, config_or_stop, for_lecture, lecture_mode, lines_with_points, plain,
-                           settings_from_url, split_dash)
+from views.widgets import (app_cache, config_or_stop, for_lecture, init_from_url, lecture_mode, lines_with_points,
+                           plain, split_dash)
 
 K = "gc_"  # widget-key prefix
 START = gc.CheckConfig()
@@ -20,20 +20,18 @@ SCHEMA = {"model": Param(str, START.model), "bug": Param(str, START.bug), "dtype
 VERDICT_ICON = {"pass": "pass", "suspicious": "suspicious (look again)", "fail": "FAIL"}
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL; malformed ones are refused with a message."""
-    if K + "model" in st.session_state:
-        return
+def _validate_link(v: dict) -> None:
+    """A link's settings: a ConfigError says what is refused."""
+    check_choice("model", v["model"], gc.MODELS)
+    check_choice("bug", v["bug"], gc.BUGS)
+    check_choice("dtype", v["dtype"], gc.DTYPES)
+    if not any(abs(v["h"] - h) <= 1e-6 * h for h in gc.SWEEP_H):
+        raise ConfigError(f"h must be one of {', '.join(f'{h:.0e}' for h in gc.SWEEP_H)}; got {v['h']:g}")
 
-    def validate(v: dict) -> None:
-        check_choice("model", v["model"], gc.MODELS)
-        check_choice("bug", v["bug"], gc.BUGS)
-        check_choice("dtype", v["dtype"], gc.DTYPES)
-        if not any(abs(v["h"] - h) <= 1e-6 * h for h in gc.SWEEP_H):
-            raise ConfigError(f"h must be one of {', '.join(f'{h:.0e}' for h in gc.SWEEP_H)}; got {v['h']:g}")
 
-    for name, value in settings_from_url(SCHEMA, K, validate).items():
-        st.session_state[K + name] = min(gc.SWEEP_H, key=lambda h: abs(h - value)) if name == "h" else value
+def _slider_h(name: str, value: object) -> object:
+    """The h slider's own value nearest the link's (1e-5 and 1.0000001e-5 are one stop)."""
+    return min(gc.SWEEP_H, key=lambda h: abs(h - value)) if name == "h" else value
 
 
 def check_ui() -> gc.CheckConfig:
@@ -135,7 +133,7 @@ st.title("Gradient check")
 lecture_mode(K)
 st.caption("Is my backprop right? The hand-written gradient against the centred numerical gradient and against "
            "autograd, for every weight matrix and bias. Plant a bug and watch the check catch it.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link, _slider_h)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 config = check_ui()

@@ -14,8 +14,8 @@ from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.gradient_norms import lab
 from explorer.nets.cnn import WIDTH_RANGE
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
+                           lecture_mode, plain, poll_job, start_job, stop_job)
 
 K = "gn_"  # widget-key prefix
 START = lab.CompareConfig()  # sigmoid, plain vs batch norm vs residual at depth 10 and 60: ~10 s on a busy 2-core CPU
@@ -45,19 +45,12 @@ LOOK_FOR = ("**What to look for:** in the plain sigmoid net the input layer's gr
             "about two orders of magnitude. ReLU with He initialisation fixes the plain net too (choose them above).")
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "data" in st.session_state:
-        return
-
-    def validate(v: dict) -> None:
-        lab.CompareConfig(data=v["data"], activation=v["activation"], init=v["init"], dtype=v["dtype"],
-                          width=v["width"], iterations=v["iterations"], lr=v["lr"])
-        lab.RunConfig(depth=v["depth"], variant=v["variant"])
-        any_config(v)
-
-    for name, value in settings_from_url(SCHEMA, K, validate).items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    lab.CompareConfig(data=v["data"], activation=v["activation"], init=v["init"], dtype=v["dtype"],
+                      width=v["width"], iterations=v["iterations"], lr=v["lr"])
+    lab.RunConfig(depth=v["depth"], variant=v["variant"])
+    any_config(v)
 
 
 def settings_ui() -> lab.CompareConfig:
@@ -448,7 +441,7 @@ st.title("Gradient norms and vanishing gradients")
 lecture = lecture_mode(K)
 st.caption("The Frobenius norm of every Linear layer's weight gradient, at every iteration of plain SGD, in deep "
            "MLPs: plain, with batch norm after each hidden layer, and with residual (pre-activation) connections.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 try:

@@ -15,12 +15,12 @@ from explorer.core.config import ConfigError
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.hyperparameters import lab
-from explorer.labs.hyperparameters.config import (DATASETS, DOMAIN, GRID_DEPTH, GRID_WIDTH, LRS, MODES, BatchSizeConfig, GridConfig, LRConfig,
-                                                  make_data, steps_table)
+from explorer.labs.hyperparameters.config import (DATASETS, DOMAIN, GRID_DEPTH, GRID_WIDTH, LRS, MODES, BatchSizeConfig,
+                                                  GridConfig, LRConfig, make_data, steps_table)
 from explorer.labs.hyperparameters.kmlp import OPTIMIZERS, Shape, width_groups
 from explorer.render.png import boundary_png
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, split_dash, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
+                           lecture_mode, plain, poll_job, show_provenance, split_dash, start_job, stop_job)
 
 K = "hp_"  # widget-key prefix
 LR0, BS0, GR0 = LRConfig(), BatchSizeConfig(), GridConfig()
@@ -35,19 +35,12 @@ INLINE_WORK = 20_000  # model-steps a part starts by itself (the LR default: 8 x
 OPT_LABELS = {"adam": "Adam", "sgd": "SGD", "momentum": "SGD + momentum 0.9"}
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "dataset" in st.session_state:
-        return
-
-    def validate(v: dict) -> None:
-        data = dict(dataset=v["dataset"], noise=v["noise"], n_points=v["points"])
-        LRConfig(**data, optimizer=v["optimizer"], epochs=v["epochs"], batch_size=v["batch"], width=v["width"])
-        BatchSizeConfig(**data, mode=v["bs_mode"], epochs=v["bs_epochs"], steps=v["bs_steps"])
-        GridConfig(**data, epochs=v["grid_epochs"], lr=v["grid_lr"], bn=v["grid_bn"])
-
-    for name, value in settings_from_url(SCHEMA, K, validate).items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    data = dict(dataset=v["dataset"], noise=v["noise"], n_points=v["points"])
+    LRConfig(**data, optimizer=v["optimizer"], epochs=v["epochs"], batch_size=v["batch"], width=v["width"])
+    BatchSizeConfig(**data, mode=v["bs_mode"], epochs=v["bs_epochs"], steps=v["bs_steps"])
+    GridConfig(**data, epochs=v["grid_epochs"], lr=v["grid_lr"], bn=v["grid_bn"])
 
 
 def _data_ui() -> dict:
@@ -333,7 +326,7 @@ st.title("Hyperparameters: learning rate, batch size, depth and width")
 lecture = lecture_mode(K)
 st.caption("The course's MLP (6 hidden ReLU layers) on a 2-D data set of several classes: what the learning rate, "
            "batch norm, the batch size and the shape of the network do to training.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 try:

@@ -12,8 +12,8 @@ from explorer.core.cache import Entry
 from explorer.core.config import ConfigError
 from explorer.core.urlstate import Param
 from explorer.labs.interpolation import lines, plane
-from views.widgets import (app_cache, cached_or_job, chart_slots, config_or_stop, for_lecture, lecture_mode,
-                           lines_with_points, plain, settings_from_url, show_provenance, split_dash)
+from views.widgets import (app_cache, cached_or_job, chart_slots, config_or_stop, for_lecture, init_from_url,
+                           lecture_mode, lines_with_points, plain, show_provenance, split_dash)
 
 K = "ip_"  # widget-key prefix
 START = lines.InterpConfig()
@@ -31,16 +31,9 @@ LOOK_FOR = ("**What to look for:** from A (small batch, small step) to B (large 
             "the solution (alpha > 1). Along a random direction it climbs far faster: the straight path is special.")
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "dataset" in st.session_state:
-        return
-
-    def validate(v: dict) -> None:
-        lines.InterpConfig(**v)
-
-    for name, value in settings_from_url(SCHEMA, K, validate).items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    lines.InterpConfig(**v)
 
 
 def result_or_job(*args: Any, **kwargs: Any) -> Entry | None:
@@ -236,7 +229,7 @@ st.title("Interpolation between solutions")
 lecture = lecture_mode(K)
 st.caption("Two networks trained from the same start with different recipes: what lies between them in weight "
            "space, and what does the landscape look like around each?")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link)
 REFUSED = K + "link_error" in st.session_state  # a refused link starts nothing until the student changes a setting
 if REFUSED:
     st.warning(plain(st.session_state.pop(K + "link_error")))

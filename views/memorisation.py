@@ -16,9 +16,9 @@ from explorer.core.urlstate import Param
 from explorer.data.noise import LABEL_SCHEMES, MODES
 from explorer.labs.memorisation import lab as mem
 from explorer.train.stacked import OPTIMIZER_KINDS
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
-                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
-                           start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
+                           lecture_mode, lines_with_points, plain, poll_job, show_provenance, split_dash, start_job,
+                           stop_job)
 
 K = "mem_"  # widget-key prefix
 VIEWS = {"modes": "Corruption modes", "sweep-p": "Corruption fraction p", "sweep-width": "Width vs parameters"}
@@ -41,20 +41,13 @@ LOOK_FOR = {  # one line per view: what a student should see
 }
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL; malformed ones are refused with a message."""
-    if K + "view" in st.session_state:
-        return
-    def validate(v: dict) -> None:
-        check_choice("view", v["view"], VIEWS)
-        check_choice("dataset", v["dataset"], DATASET_LABELS)
-        check_choice("model", v["model"], MODEL_LABELS)
-        # the core's own limits, so a link cannot put a widget outside its range (p=5 once crashed the p slider)
-        dataclasses.replace(START, **{k: v[k] for k in ("dataset", "model", "width", "n_train", "max_epochs", "p")})
-
-    values = settings_from_url(SCHEMA, K, validate)
-    for name, value in values.items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    check_choice("view", v["view"], VIEWS)
+    check_choice("dataset", v["dataset"], DATASET_LABELS)
+    check_choice("model", v["model"], MODEL_LABELS)
+    # the core's own limits, so a link cannot put a widget outside its range (p=5 once crashed the p slider)
+    dataclasses.replace(START, **{k: v[k] for k in ("dataset", "model", "width", "n_train", "max_epochs", "p")})
 
 
 def lab_ui() -> mem.LabConfig:
@@ -256,7 +249,7 @@ st.title("Memorisation: random labels")
 lecture_mode(K)
 st.caption("Zhang et al. (2017), *Understanding deep learning requires rethinking generalization*: the same "
            "network fits real labels, random labels and pure noise; only the real ones generalise.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 

@@ -11,9 +11,9 @@ from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.data.datasets import title
 from explorer.labs.model_size import sizes
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
-                           lines_with_points, plain, poll_job, settings_from_url, show_provenance, split_dash,
-                           start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
+                           lecture_mode, lines_with_points, plain, poll_job, show_provenance, split_dash, start_job,
+                           stop_job)
 
 K = "ms_"  # widget-key prefix
 START = sizes.SizeConfig()  # the page's default: the shipped result
@@ -50,19 +50,10 @@ def _pairs(labels: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
     return tuple(LABELS[w] for w in labels)
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "dataset" in st.session_state:
-        return
-
-    def validate(v: dict) -> None:
-        sizes.SizeConfig(dataset=v["dataset"], n_train=v["n_train"], epochs=v["epochs"], seeds=v["seeds"],
-                         widths=_pairs(v["widths"]))
-
-    values = settings_from_url(SCHEMA, K, validate)
-    values["widths"] = list(values["widths"])
-    for name, value in values.items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    sizes.SizeConfig(dataset=v["dataset"], n_train=v["n_train"], epochs=v["epochs"], seeds=v["seeds"],
+                     widths=_pairs(v["widths"]))
 
 
 def settings_ui() -> sizes.SizeConfig:
@@ -195,7 +186,7 @@ st.caption(f"Eleven two-layer CNNs, conv3x3(c1)-pool-conv3x3(c2)-pool-linear, fr
            f"{sizes.label(sizes.FAMILY[-1])} filters ({sizes.param_count(sizes.FAMILY[0]):,} to "
            f"{sizes.param_count(sizes.FAMILY[-1]):,} parameters on 28x28 images), trained alike with Adam (lr 1e-3): "
            "how do training and test accuracy move with the number of parameters?")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link, lambda name, v: list(v) if name == "widths" else v)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 st.markdown(LOOK_FOR)

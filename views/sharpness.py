@@ -10,8 +10,8 @@ from explorer.core.config import ConfigError
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.sharpness import lab
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode, plain,
-                           poll_job, settings_from_url, show_provenance, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
+                           lecture_mode, plain, poll_job, show_provenance, start_job, stop_job)
 
 K = "sh_"  # widget-key prefix
 START = lab.SharpConfig()
@@ -37,16 +37,9 @@ DEFINITIONS = (
     "Frobenius norm of the gradient of the image's loss with respect to its pixels.")
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "dataset" in st.session_state:
-        return
-
-    def validate(v: dict) -> None:
-        lab.SharpConfig(**v)
-
-    for name, value in settings_from_url(SCHEMA, K, validate).items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    lab.SharpConfig(**v)
 
 
 def settings_ui() -> lab.SharpConfig:
@@ -185,7 +178,7 @@ st.title("Sharpness and sensitivity vs batch size")
 lecture = lecture_mode(K)
 st.caption("Large-batch training ends in sharper minima: the curvature of the training loss, measured three ways, "
            "against the batch size.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link)
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
 try:

@@ -12,8 +12,8 @@ from explorer.core.cache import Entry
 from explorer.core.config import ConfigError
 from explorer.core.urlstate import Param
 from explorer.labs.weight_trajectories import paths, surface
-from views.widgets import (app_cache, cached_or_job, chart_slots, config_or_stop, for_lecture, lecture_mode, plain,
-                           settings_from_url, show_provenance)
+from views.widgets import (app_cache, cached_or_job, chart_slots, config_or_stop, for_lecture, init_from_url,
+                           lecture_mode, plain, show_provenance)
 
 K = "wt_"  # widget-key prefix
 IMG, TOY = paths.TrajConfig(), paths.ToyConfig()
@@ -28,18 +28,11 @@ LOOK_FOR = ("**What to look for:** every seed starts somewhere else and walks it
             "the same: many different weights solve the task equally well.")
 
 
-def _init_from_url() -> None:
-    """First run of a session: settings from the URL, checked by the core; refused ones get a message."""
-    if K + "dataset" in st.session_state:
-        return
-
-    def validate(v: dict) -> None:
-        paths.TrajConfig(dataset=v["dataset"], seeds=v["seeds"], epochs=v["epochs"], every=v["every"], lr=v["lr"],
-                         batch_size=v["batch"], n_train=v["n_train"])
-        paths.ToyConfig(data=v["toy_data"], epochs=v["toy_epochs"])
-
-    for name, value in settings_from_url(SCHEMA, K, validate).items():
-        st.session_state[K + name] = value
+def _validate_link(v: dict) -> None:
+    """A link's settings, checked by the core: a ConfigError says what is refused."""
+    paths.TrajConfig(dataset=v["dataset"], seeds=v["seeds"], epochs=v["epochs"], every=v["every"], lr=v["lr"],
+                     batch_size=v["batch"], n_train=v["n_train"])
+    paths.ToyConfig(data=v["toy_data"], epochs=v["toy_epochs"])
 
 
 def result_or_job(*args: Any, **kwargs: Any) -> Entry | None:
@@ -254,7 +247,7 @@ st.title("Weight trajectories in PCA space")
 lecture = lecture_mode(K)
 st.caption("The same network trained from different seeds: where do the weights go? Each run's snapshots are "
            "flattened and one PCA of all of them gives a plane to draw every path in.")
-_init_from_url()
+init_from_url(SCHEMA, K, _validate_link)
 REFUSED = K + "link_error" in st.session_state  # a refused link starts nothing until the student changes a setting
 if REFUSED:
     st.warning(plain(st.session_state.pop(K + "link_error")))

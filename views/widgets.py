@@ -268,6 +268,18 @@ def settings_from_url(schema: dict, prefix: str, validate: Callable[[dict], Any]
         return {k: p.default for k, p in schema.items()}
 
 
+def init_from_url(schema: dict, prefix: str, validate: Callable[[dict], Any] | None = None,
+                  adapt: Callable[[str, Any], Any] | None = None) -> None:
+    """A page's first run in a session: its settings from the URL (settings_from_url: checked on the server by
+    `validate`; a refused link gives the defaults and a message) into session state as prefix + name, where its
+    widgets start from. Later runs leave the widgets' own state alone. `adapt(name, value)` gives the value a
+    widget takes where it differs from the URL's (a multiselect wants a list, not a tuple)."""
+    if prefix + next(iter(schema)) in st.session_state:
+        return
+    for name, value in settings_from_url(schema, prefix, validate).items():
+        st.session_state[prefix + name] = adapt(name, value) if adapt is not None else value
+
+
 def split_dash(solid: str, dashed: str, title: str | None = None, field: str = "split") -> alt.StrokeDash:
     """Line style by the `field` column ("split" by default): `solid` drawn solid, `dashed` dashed, whatever the
     names' order (by default Vega-Lite assigns dashes alphabetically), with line-segment legend symbols (a
