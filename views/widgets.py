@@ -282,8 +282,8 @@ def init_from_url(schema: dict, prefix: str, validate: Callable[[dict], Any] | N
 
 def split_dash(solid: str, dashed: str, title: str | None = None, field: str = "split") -> alt.StrokeDash:
     """Line style by the `field` column ("split" by default): `solid` drawn solid, `dashed` dashed, whatever the
-    names' order (by default Vega-Lite assigns dashes alphabetically), with line-segment legend symbols (a
-    line with points would otherwise show two identical dots)."""
+    names' order (by default Vega-Lite assigns dashes alphabetically), with line-segment legend symbols (the
+    default legend shows two identical dots). On lines with points, draw through lines_with_points."""
     return alt.StrokeDash(f"{field}:N", scale=alt.Scale(domain=[solid, dashed], range=[[1, 0], [5, 3]]),
                           legend=alt.Legend(title=title, symbolType="stroke", symbolStrokeColor="#555",
                                             symbolStrokeWidth=2, symbolSize=300))
