@@ -206,13 +206,12 @@ def _finals(kind: str, m: dict) -> list[float]:
     return [m["best_lr"], min(m["smoothed"])] if kind == lab.KIND_RANGE else [*m["test_loss"], *m["test_acc"]]
 
 
-# The range test (about 5 s here); the overfit check (`clr train --lam 0 --n-s 100 --cycles 2 --n-train 100
-# --evals-per-cycle 10`) recomputes the same way but takes about 30 s of a CI run that is close to its budget.
-@pytest.mark.parametrize("recompute", ["python -m explorer clr range"])
+@pytest.mark.parametrize("recompute", ["python -m explorer clr train --lam 0 --n-s 100 --cycles 2 --n-train 100 "
+                                       "--evals-per-cycle 10", "python -m explorer clr range"])
 def test_a_shipped_result_is_what_todays_code_computes(recompute):
-    """A shipped result recomputed from its settings at its thread count: bit for bit on the processor that
-    shipped it; elsewhere (another or an unrecorded processor, whose matmul kernels may round differently) the
-    numbers it is read by to a part in a thousand."""
+    """The overfit check (5 s) and the range test (7 s), recomputed from their shipped settings at their thread
+    count: bit for bit on the processor that shipped them; elsewhere (another or an unrecorded processor, whose
+    matmul kernels may round differently) the final numbers to a part in a thousand."""
     if not (SHARED / "cifar10-jpeg.zip").is_file() and not (SHARED / "cifar-10-batches-py").is_dir():
         pytest.skip("no CIFAR-10 in ../shared/datasets")
     kind = lab.KIND_RANGE if " range" in recompute else lab.KIND_TRAIN
