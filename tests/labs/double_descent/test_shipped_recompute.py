@@ -56,18 +56,20 @@ def _shipped() -> list[Entry]:
 
 def _params(reason_for: dict[str, str], unsure: dict[str, str] | None = None,
             differs: dict[str, str] | None = None) -> list:
-    """One test case per shipped sweep, id'd by its name; strict xfail where `reason_for` names it, non-strict
-    where `unsure` does (and the entry has no fingerprint to decide by) or `differs` does."""
+    """One test case per shipped sweep, id'd by its name; strict xfail where `reason_for` names it. Where `unsure`
+    (no fingerprint) or `differs` names it and the entry does not record its processor, nothing can decide
+    whether this machine's kernels are its kernels: skipped, not run as a non-strict xfail, which asserts
+    nothing and cost a CI run minutes (the CIFAR-10 group alone about 2 min). Once re-shipped (recording the
+    fingerprint and the processor), the test decides by those."""
     unsure, differs = unsure or {}, differs or {}
 
     def marks(e: Entry) -> list:
         name = e.config["name"]
         if name in reason_for:
             return [pytest.mark.xfail(strict=True, reason=reason_for[name])]
-        if name in unsure and e.meta.get("numerics") is None:
-            return [pytest.mark.xfail(strict=False, reason=unsure[name])]
-        if name in differs:
-            return [pytest.mark.xfail(strict=False, reason=differs[name])]
+        undecidable = (name in unsure and e.meta.get("numerics") is None) or name in differs
+        if undecidable and e.meta.get("cpu") is None:
+            return [pytest.mark.skip(reason=unsure.get(name) or differs[name])]
         return []
 
     return [pytest.param(e, id=e.config["name"], marks=marks(e)) for e in _shipped()]
