@@ -201,12 +201,10 @@ def cost_row(cfg: ClassifierConfig) -> None:
     """Parameters, FLOPs per image and the training's total FLOPs, live as the settings change."""
     shape, _ = W.data_shape(cfg.dataset)
     params, flops = _cost(json.dumps(to_plain(cfg.model), sort_keys=True), tuple(shape))
-    c = st.columns(3)
-    c[0].metric("Parameters", f"{params:,}", help=f"{model_title(cfg.model)} on {shape[0]}x{shape[1]}x{shape[2]} "
-                f"images, {cfg.model.classes} classes")
-    c[1].metric("MFLOPs per image", f"{flops / 1e6:,.1f}", help="forward pass: multiply-adds x 2")
-    c[2].metric("Training TFLOPs", f"{W.work(cfg, flops) / 1e12:,.2f}",
-                help="about 3 x forward FLOPs x training images x epochs")
+    st.caption(f"**{params:,} parameters** ({model_title(cfg.model)} on {shape[0]}x{shape[1]}x{shape[2]} images, "
+               f"{cfg.model.classes} classes) · **{flops / 1e6:,.1f} MFLOPs per image** (forward: multiply-adds x 2) "
+               f"· **{W.work(cfg, flops) / 1e12:,.2f} TFLOPs to train** (about 3 x forward x training images x "
+               "epochs)")  # one line, not a row of metrics: the run's results start on a 1280x800 first screen
 
 
 # ---------------------------------------------------------------- charts
@@ -298,8 +296,8 @@ def _scale_note(entry: Entry) -> None:
     if which[1] == "cpu":
         report = f"; the report got {preset.report_top1_err:.1%} top-1 error at full scale" \
             if preset.report_top1_err is not None else ""
-        st.info(f"This is **{preset.title}** at CPU scale ({preset.scaled}){report}. The full-scale recipe "
-                f"(for a GPU): `{W.cli_command(preset.full)}`.")
+        st.info(f"This is **{preset.title}** at CPU scale{report}. Full scale (a GPU): "
+                f"`{W.cli_command(preset.full)}`.")
     else:
         st.info(f"This is **{preset.title}** at the report's full scale.")
 
@@ -319,6 +317,7 @@ def draw_run(entry: Entry, lecture: bool) -> None:
     c[4].metric("Best epoch", f"{m.get('best_epoch') or m['epochs_run']}",
                 help="the best epoch's weights are kept when early stopping is on")
     c[5].metric("Training time", f"{m['train_seconds']:.0f} s", help=f"{m['images_per_s']:,.0f} images/s")
+    st.markdown(LOOK_FOR)  # beside the curves it reads, below the numbers (on a 1280x800 first screen)
     draw_history(m["history"], lecture)
     # the matrix needs the room: 3/5 of the width beside the table (full width, one per row, in lecture mode)
     left, right = [st.container(), st.container()] if lecture else st.columns([3, 2])
@@ -422,7 +421,6 @@ st.caption("Train an image classifier (a simple 3-block CNN, ResNet9 or ResNet20
 _init_from_url()
 if K + "link_error" in st.session_state:
     st.warning(plain(st.session_state.pop(K + "link_error")))
-st.markdown(LOOK_FOR)
 dataset = data_ui()
 _, notice = D.name_or_fallback(dataset, "train")
 if notice:
@@ -448,4 +446,6 @@ elif not running:
                     plain(f"Meanwhile, the shipped run: {W.run_label(shown)}"))
         draw_run(shown, lecture)
         entry = shown
+if entry is None:  # no run drawn (draw_run says it with the run): the lesson before the training panel's curves
+    st.markdown(LOOK_FOR)
 compare_ui(kept, entry, lecture)
