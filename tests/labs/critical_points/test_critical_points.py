@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.func import grad, hessian, vmap
 
-from explorer.core.cache import Cache
+from explorer.core.cache import Cache, default_shipped_root
 from explorer.core.config import ConfigError
 from explorer.labs.critical_points import cli, lab
 from explorer.train.evaluate import Diverged
@@ -106,3 +106,13 @@ def test_cli_prints_a_table_and_refuses_bad_settings(capsys):
     assert "minimal ratio" in out and "|grad|" in out and "perturb" in out and "(13 params)" in out
     assert cli.main(["--hidden", "99"]) == 2
     assert "hidden width" in capsys.readouterr().err
+
+
+def test_the_shipped_default_loads_with_its_provenance(tmp_path):
+    """The page opens on the shipped default (about 20 s to recompute on 2 cores) with how it was computed."""
+    entry = Cache(tmp_path / "runtime", shipped_root=default_shipped_root()).get(lab.KIND, lab.CriticalConfig())
+    assert entry is not None and entry.shipped
+    assert entry.meta["recompute"] == "python -m explorer critical" and entry.meta["cpu"]
+    rows = entry.metrics["rows"]
+    s = lab.summary(rows)
+    assert len(rows["run"]) == 100 and 0 < s["ratio_min"] <= s["ratio_max"] < 1 and s["grad_max"] < 1e-2
