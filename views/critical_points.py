@@ -8,11 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from explorer.core.config import ConfigError
-from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.critical_points import lab
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
-                           lecture_mode, plain, poll_job, show_provenance, start_job, stop_job)
+from views.widgets import (app_cache, cached_or_job, chart_slots, config_or_stop, for_lecture, init_from_url,
+                           lecture_mode, plain, show_provenance)
 
 K = "cp_"  # widget-key prefix
 START = lab.CriticalConfig()
@@ -128,28 +127,12 @@ def page(lecture: bool) -> None:
                f"the squared gradient norm |∇L|², then {cfg.lm_steps} Levenberg-Marquardt steps on it. All "
                f"{cfg.runs} runs train at once as one ({cfg.runs}, {cfg.params}) tensor (torch.func.vmap).")
     st.markdown(DEFINITION.format(tol=cfg.zero_tol, n=cfg.n_perturb, r=cfg.radius))
-    entry = app_cache().get(lab.KIND, cfg)
+    entry = cached_or_job(K, "cp_runs", lab.KIND, cfg, lambda: lab.job(cfg, app_cache()), name="critical points",
+                          label="Run", autostart=True,  # every setting runs in seconds to minutes: start on its own
+                          hint="", buttons=(K + "train", K + "stop"))
     if entry is not None:
         draw(entry.metrics, lecture)
         show_provenance(entry, recompute=entry.meta.get("recompute"))
-        return
-    job = get_job("cp_runs")
-    mine = job is not None and st.session_state.get(K + "cfg") == cfg
-    c1, c2 = st.columns([1, 4])
-    pressed = c1.button("Run", type="primary", key=K + "train", disabled=mine and not job.is_final)
-    if pressed or not mine:  # every setting runs in seconds to minutes: start on its own
-        job = start_job("cp_runs", lab.job(cfg, app_cache()), name="critical points", key=job_key(lab.KIND, cfg))
-        st.session_state[K + "cfg"] = cfg
-        mine = job is not None
-    if not mine:
-        return
-    if not job.is_final and c2.button("Stop", key=K + "stop"):
-        stop_job("cp_runs")
-
-    def panel(j: Job) -> None:
-        st.progress(min(max(j.progress, 0.0), 1.0), text=j.message or j.state.value)
-
-    poll_job(job, panel, every=0.5)
 
 
 st.title("Critical points: the minimal ratio")

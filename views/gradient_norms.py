@@ -15,7 +15,7 @@ from explorer.core.urlstate import Param
 from explorer.labs.gradient_norms import lab
 from explorer.nets.cnn import WIDTH_RANGE
 from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
-                           lecture_mode, plain, poll_job, start_job, stop_job)
+                           job_panel, lecture_mode, plain, poll_job, start_job)
 
 K = "gn_"  # widget-key prefix
 START = lab.CompareConfig()  # sigmoid, plain vs batch norm vs residual at depth 10 and 60: ~10 s on a busy 2-core CPU
@@ -250,29 +250,18 @@ def compare_section(cfg: lab.CompareConfig, lecture: bool) -> Job | None:
         draw_compare(done, cfg, lecture, final=True)
         return None
     total = sum(lab.work(r) for r in cfg.runs())
-    job = get_job("gn_compare")
-    mine = job is not None and st.session_state.get(K + "compare_cfg") == cfg
-    c1, c2 = st.columns([1, 4])
-    pressed = c1.button("Train", type="primary", key=K + "train", disabled=mine and not job.is_final)
-    if pressed or (total <= INLINE_WORK and not mine):
-        job = start_job("gn_compare", lab.job(cfg, app_cache()), name="gradient norms",
-                        key=job_key(lab.COMPARE_KIND, cfg))
-        st.session_state[K + "compare_cfg"] = cfg
-        mine = job is not None
-    if not mine:
-        st.info(f"These runs take {total:,} parameter-iterations, more than the page starts on its own "
-                f"({INLINE_WORK:,}): press **Train** to run them in the background with live charts.")
-        return None
-    if not job.is_final and c2.button("Stop", key=K + "stop"):
-        stop_job("gn_compare")
 
     def draw(j: Job) -> None:
         st.progress(j.progress, text=j.message or j.state.value)
         if j.snapshot is not None:
             draw_compare(j.snapshot, cfg, lecture, final=j.is_final)
 
-    poll_job(job, draw, every=0.5)
-    return None if job.is_final else job
+    job = job_panel(K, "gn_compare", cfg, lambda: lab.job(cfg, app_cache()), name="gradient norms",
+                    key=job_key(lab.COMPARE_KIND, cfg), autostart=total <= INLINE_WORK, draw=draw,
+                    hint=f"These runs take {total:,} parameter-iterations, more than the page starts on its own "
+                         f"({INLINE_WORK:,}): press **Train** to run them in the background with live charts.",
+                    buttons=(K + "train", K + "stop"))
+    return None if job is None or job.is_final else job
 
 
 # --- depth explorer ------------------------------------------------------------------------------------------
@@ -417,22 +406,10 @@ def any_model_section(cfg: lab.CompareConfig, lecture: bool) -> None:
     if entry is not None:
         draw_any(lab.from_entry(entry).to_dict(), rc, lecture)
         return
-    job = get_job("gn_any")
-    mine = job is not None and st.session_state.get(K + "any_cfg") == rc
-    c1, c2 = st.columns([1, 4])
-    if c1.button("Train this model", type="primary", key=K + "any_train", disabled=mine and not job.is_final):
-        job = start_job("gn_any", lab.run_job(rc, app_cache()), name="gradient norms, any model",
-                        key=job_key(lab.KIND, rc))
-        st.session_state[K + "any_cfg"] = rc
-        mine = job is not None
-    if not mine:
-        st.info(f"{rc.name} on {lab.DATA[rc.data]}: {lab.cost_text(rc)}. Press **Train this model** to train it in "
-                "the background with live charts.")
-        return
-    if not job.is_final and c2.button("Stop", key=K + "any_stop"):
-        stop_job("gn_any")
-
-    poll_job(job, _live(draw_any, rc, lecture), every=0.5)
+    job_panel(K, "gn_any", rc, lambda: lab.run_job(rc, app_cache()), name="gradient norms, any model",
+              key=job_key(lab.KIND, rc), label="Train this model", draw=_live(draw_any, rc, lecture),
+              hint=f"{rc.name} on {lab.DATA[rc.data]}: {lab.cost_text(rc)}. Press **Train this model** to train it "
+                   "in the background with live charts.", buttons=(K + "any_train", K + "any_stop"))
 
 
 # --- page ----------------------------------------------------------------------------------------------------

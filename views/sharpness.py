@@ -10,8 +10,8 @@ from explorer.core.config import ConfigError
 from explorer.core.jobs import Job
 from explorer.core.urlstate import Param
 from explorer.labs.sharpness import lab
-from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, init_from_url, job_key,
-                           lecture_mode, plain, poll_job, show_provenance, start_job, stop_job)
+from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, init_from_url, job_key, job_panel,
+                           lecture_mode, plain, show_provenance)
 
 K = "sh_"  # widget-key prefix
 START = lab.SharpConfig()
@@ -145,22 +145,6 @@ def page(lecture: bool) -> None:
         draw(m, lecture)
         show_provenance(entry, recompute=entry.meta.get("recompute"))
         return
-    job = get_job("sh_sweep")
-    mine = job is not None and st.session_state.get(K + "cfg") == cfg
-    c1, c2 = st.columns([1, 4])
-    pressed = c1.button("Train", type="primary", key=K + "train", disabled=mine and not job.is_final)
-    if pressed or (not mine and lab.work(cfg) <= lab.INLINE_WORK):
-        job = start_job("sh_sweep", lab.job(cfg, app_cache()), name="sharpness vs batch size",
-                        key=job_key(lab.KIND, cfg))
-        st.session_state[K + "cfg"] = cfg
-        mine = job is not None
-    if not mine:
-        st.info(f"These settings push {lab.work(cfg):,} examples through the net, more than the page starts on its "
-                f"own: press **Train** to run them in the background. From a terminal: `{lab.cli_command(cfg)}`.")
-        return
-    if not job.is_final and c2.button("Stop", key=K + "stop"):
-        stop_job("sh_sweep")
-
     def panel(j: Job) -> None:
         st.progress(min(max(j.progress, 0.0), 1.0), text=j.message or j.state.value)
         if j.error:
@@ -171,7 +155,11 @@ def page(lecture: bool) -> None:
             _caption(cfg, j.snapshot)
             draw(j.snapshot, lecture)
 
-    poll_job(job, panel, every=0.5)
+    job_panel(K, "sh_sweep", cfg, lambda: lab.job(cfg, app_cache()), name="sharpness vs batch size",
+              key=job_key(lab.KIND, cfg), autostart=lab.work(cfg) <= lab.INLINE_WORK, draw=panel,
+              hint=f"These settings push {lab.work(cfg):,} examples through the net, more than the page starts on "
+                   f"its own: press **Train** to run them in the background. From a terminal: "
+                   f"`{lab.cli_command(cfg)}`.", buttons=(K + "train", K + "stop"))
 
 
 st.title("Sharpness and sensitivity vs batch size")

@@ -335,29 +335,48 @@ def for_lecture(chart: alt.TopLevelMixin, lecture: bool) -> alt.TopLevelMixin:
             .configure_title(fontSize=f + 4))
 
 
+def my_job(prefix: str, slot: str, cfg: Any) -> Job | None:
+    """This session's job in `slot` if it was started for cfg (by job_panel), else None."""
+    job = get_job(slot)
+    return job if job is not None and st.session_state.get(prefix + slot + "_cfg") == cfg else None
+
+
+def _progress(j: Job) -> None:
+    st.progress(min(max(j.progress, 0.0), 1.0), text=j.message or j.state.value)
+
+
+def job_panel(prefix: str, slot: str, cfg: Any, make: Callable[[], JobFn], *, name: str, key: str,
+              label: str = "Train", autostart: bool = False, hint: str = "",
+              draw: Callable[[Job], Any] | None = None, buttons: tuple[str, str] | None = None) -> Job | None:
+    """A job for cfg in this session's `slot`: a primary `label` button starts make() (or it starts by itself
+    when `autostart`), a Stop button while it runs, `hint` while there is none, and the job drawn live by `draw`
+    (its progress bar by default). Returns the job, None while there is none. `buttons` are the two buttons' keys
+    (default prefix + slot + "_go" / "_stop")."""
+    go, stop = buttons or (prefix + slot + "_go", prefix + slot + "_stop")
+    job = my_job(prefix, slot, cfg)
+    c1, c2 = st.columns([1, 4])
+    pressed = c1.button(label, type="primary", key=go, disabled=job is not None and not job.is_final)
+    if pressed or (autostart and job is None):
+        job = start_job(slot, make(), name=name, key=key)
+        st.session_state[prefix + slot + "_cfg"] = cfg
+    if job is None:
+        if hint:
+            st.info(hint)
+        return None
+    if not job.is_final and c2.button("Stop", key=stop):
+        stop_job(slot)
+    poll_job(job, draw or _progress, every=0.5)
+    return job
+
+
 def cached_or_job(prefix: str, slot: str, kind: str, cfg: Any, make: Callable[[], Callable], name: str, label: str,
-                  autostart: bool, hint: str) -> Entry | None:
-    """The cached entry for cfg, else a job (started by itself when `autostart`, else by the button) with its
+                  autostart: bool, hint: str, buttons: tuple[str, str] | None = None) -> Entry | None:
+    """The cached entry for cfg, else a job_panel (started by itself when `autostart`, else by the button) with its
     progress and a Stop button; None while there is no result. Widget keys start with the page's `prefix`."""
     entry = app_cache().get(kind, cfg)
-    job = get_job(slot)
-    mine = job is not None and st.session_state.get(prefix + slot + "_cfg") == cfg
-    if entry is not None and (not mine or job.is_final):
+    job = my_job(prefix, slot, cfg)
+    if entry is not None and (job is None or job.is_final):
         return entry
-    c1, c2 = st.columns([1, 4])
-    pressed = c1.button(label, type="primary", key=prefix + slot + "_go", disabled=mine and not job.is_final)
-    if pressed or (autostart and not mine):
-        job = start_job(slot, make(), name=name, key=job_key(kind, cfg))
-        st.session_state[prefix + slot + "_cfg"] = cfg
-        mine = job is not None
-    if not mine:
-        st.info(hint)
-        return None
-    if not job.is_final and c2.button("Stop", key=prefix + slot + "_stop"):
-        stop_job(slot)
-
-    def draw(j: Job) -> None:
-        st.progress(min(max(j.progress, 0.0), 1.0), text=j.message or j.state.value)
-
-    poll_job(job, draw, every=0.5)
+    job_panel(prefix, slot, cfg, make, name=name, key=job_key(kind, cfg), label=label, autostart=autostart,
+              hint=hint, buttons=buttons)
     return None
