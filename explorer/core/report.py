@@ -111,6 +111,22 @@ class TerminalReporter:
         self.close()
 
 
+def terminal_run(run: Callable[[Reporter], Any], stream: TextIO | None = None) -> Any:
+    """A command's computation, run(report), with a progress bar on the terminal; the cache entry it returns
+    keeps its notice (why another data set was used, how to provide the one asked for), printed to the stream."""
+    with TerminalReporter(stream) as report:
+        entry = run(report)
+    notice = entry.metrics.get("notice")
+    if notice:
+        print(notice, file=stream if stream is not None else sys.stderr)
+    return entry
+
+
+def where(entry: Any) -> str:
+    """How and where a cache entry was computed, for a command's summary line: device, seconds, folder."""
+    return f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}"
+
+
 class _Part:
     """A sub-task's view of its parent: progress 0..1 lands in [lo, hi] of the parent's range."""
 

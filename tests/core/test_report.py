@@ -107,3 +107,23 @@ def test_progress_line_and_hms() -> None:
     assert progress_line(0.0, 3.0) == f"[{' ' * 30}]   0.0%  elapsed 3s  ETA ?"
     assert progress_line(2.0, 1.0).startswith("[" + "#" * 30 + "] 100.0%")
     assert (hms(3723), hms(123), hms(3), hms(float("nan"))) == ("1h02m03s", "2m03s", "3s", "?")
+
+
+def test_terminal_run_draws_the_bar_prints_the_notice_and_where_says_how() -> None:
+    import io
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from explorer.core.report import terminal_run, where
+
+    out = io.StringIO()
+    entry = SimpleNamespace(metrics={"notice": "Fashion-MNIST is not here: using digits"}, path=Path("/c/k"),
+                            meta={"device": "cpu (2 cores, 2 torch threads)", "wall_time_s": 1.25})
+
+    def run(report):
+        report.publish(progress=0.5, message="half")
+        return entry
+
+    assert terminal_run(run, out) is entry
+    assert "half" in out.getvalue() and out.getvalue().rstrip().endswith("using digits")
+    assert where(entry) == "cpu (2 cores, 2 torch threads) · 1.2 s · /c/k"

@@ -9,12 +9,11 @@ The default (sum of 2-10 numbers, L in 1,2, w in 16,64, test sizes up to 50) tak
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
 from explorer.core.cache import default_cache, shipped_cache
-from explorer.core.report import TerminalReporter
+from explorer.core.report import terminal_run, where
 from explorer.labs.deep_sets import sets
 from explorer.labs.deep_sets.tasks import TASKS
 from explorer.train.evaluate import exit_codes
@@ -75,13 +74,11 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     cache = shipped_cache() if args.ship else default_cache()
-    with TerminalReporter() as report:
-        entry = sets.run(cfg, cache, report, torch.device(args.device) if args.device else None)
+    device = torch.device(args.device) if args.device else None
+    entry = terminal_run(lambda report: sets.run(cfg, cache, report, device))
     m = entry.metrics
-    if m.get("notice"):
-        print(m["notice"], file=sys.stderr)
     print(f"{sets.cli_command(sets.resolve(cfg))}\n{m['title']} · train sizes {m['train_sizes'][0]}-"
           f"{m['train_sizes'][1]} · {m['n_train']} train / {m['n_val']} val / {m['n_test']} test sets per size · "
-          f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
+          f"{where(entry)}")
     print(format_table(m))
     return 0

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 
 import torch
 
 from explorer.core.cache import default_cache
 from explorer.core.config import ConfigError
-from explorer.core.report import TerminalReporter
+from explorer.core.report import terminal_run, where
 from explorer.labs.function_fitting import fit1d, images
 from explorer.train.evaluate import exit_codes
 
@@ -52,13 +51,10 @@ def _run_1d(args: argparse.Namespace) -> int:
 def _run_cnn(args: argparse.Namespace) -> int:
     cfg = images.ImageConfig(dataset=args.dataset, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs,
                              lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    with TerminalReporter() as report:
-        entry = images.run(cfg, default_cache(), report)
+    entry = terminal_run(lambda report: images.run(cfg, default_cache(), report))
     m = entry.metrics
-    if m.get("notice"):
-        print(m["notice"], file=sys.stderr)
     print(f"{m['dataset']} · {m['n_train']} train / {m['n_test']} test images {tuple(m['image_shape'])} · "
-          f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
+          f"{where(entry)}")
     print(f"{'model':8s} {'params':>8s} {'epoch':>5s} {'train loss':>10s} {'train acc':>9s} {'test loss':>9s} "
           f"{'test acc':>8s} {'s':>6s}")
     for r in images.table(m):

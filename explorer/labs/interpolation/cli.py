@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 from explorer.core.cache import default_cache
-from explorer.core.report import TerminalReporter
+from explorer.core.report import TerminalReporter, terminal_run, where
 from explorer.labs.interpolation import lines, plane
 from explorer.train.evaluate import exit_codes
 
@@ -32,14 +31,11 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     cfg = lines.InterpConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(lines.InterpConfig)})
     pcfg = plane.PlaneConfig(run=cfg, around=args.plane) if args.plane else None
-    with TerminalReporter() as report:
-        entry = lines.run(cfg, default_cache(), report)
+    entry = terminal_run(lambda report: lines.run(cfg, default_cache(), report))
     m = entry.metrics
-    if m.get("notice"):
-        print(m["notice"], file=sys.stderr)
     print(f"{m['dataset']} · {lines.NETS[cfg.net]} ({m['params']:,} parameters) · A: batch {cfg.batch_a} "
           f"lr {cfg.lr_a:g} · B: batch {cfg.batch_b} lr {cfg.lr_b:g} · {cfg.epochs} epochs · "
-          f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
+          f"{where(entry)}")
     if m["bn"]:
         print("batch norm: statistics " + ("recomputed on the training data at every point" if cfg.recompute_bn
                                            else "interpolated with the weights (not recomputed)"))

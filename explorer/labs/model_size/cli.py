@@ -9,12 +9,11 @@ images, 5 epochs, Adam 1e-3; 983 s on 2 CPU cores, a few minutes on a GPU); `--n
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
 from explorer.core.cache import default_cache, shipped_cache
-from explorer.core.report import TerminalReporter
+from explorer.core.report import terminal_run, where
 from explorer.labs.model_size import sizes
 from explorer.train.evaluate import exit_codes
 
@@ -56,13 +55,11 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     cache = shipped_cache() if args.ship else default_cache()
-    with TerminalReporter() as report:
-        entry = sizes.run(cfg, cache, report, torch.device(args.device) if args.device else None)
+    device = torch.device(args.device) if args.device else None
+    entry = terminal_run(lambda report: sizes.run(cfg, cache, report, device))
     m = entry.metrics
-    if m.get("notice"):
-        print(m["notice"], file=sys.stderr)
     print(f"{sizes.cli_command(cfg)}\n{m['dataset']} · {m['n_train']} train / {m['n_test']} test images "
           f"{tuple(m['image_shape'])} · {m['epochs']} epochs · {m['seeds']} seed(s) per width · "
-          f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
+          f"{where(entry)}")
     print(format_table(m))
     return 0

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 from explorer.core.cache import default_cache, shipped_cache
-from explorer.core.report import TerminalReporter
+from explorer.core.report import terminal_run
 from explorer.labs.sharpness import lab
 from explorer.train.evaluate import exit_codes
 
@@ -43,11 +42,8 @@ def main(argv: list[str]) -> int:
     args = vars(ap.parse_args(argv))
     ship = args.pop("ship")
     cfg = lab.SharpConfig(**{**args, "batch_sizes": tuple(args["batch_sizes"])})
-    with TerminalReporter() as report:
-        entry = lab.run(cfg, shipped_cache() if ship else default_cache(), report)
+    entry = terminal_run(lambda report: lab.run(cfg, shipped_cache() if ship else default_cache(), report))
     m = entry.metrics
-    if m.get("notice"):
-        print(m["notice"], file=sys.stderr)
     fixed = f"{cfg.steps:,} SGD steps each" if cfg.budget == "steps" else f"{cfg.epochs} epochs each"
     print(f"{m['dataset']} · {m['network']} ({m['params']:,} params) · lr {cfg.lr:g} · {fixed} · Hessian and "
           f"sharpness on {m['n_hessian']} training images · {entry.meta.get('device')} · "

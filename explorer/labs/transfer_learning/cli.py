@@ -17,7 +17,7 @@ import torch
 
 from explorer.core.cache import default_cache, shipped_cache
 from explorer.core.config import ConfigError
-from explorer.core.report import TerminalReporter
+from explorer.core.report import terminal_run
 from explorer.labs.transfer_learning import source as src
 from explorer.labs.transfer_learning import transfer as tl
 from explorer.train.evaluate import exit_codes
@@ -93,11 +93,9 @@ def main(argv: list[str]) -> int:
                   file=sys.stderr)
     plan = tl.resolve(cfg, weights)
     cache = shipped_cache() if args.ship else default_cache()
-    with TerminalReporter() as report:
-        entry = tl.run(cfg, cache, report, torch.device(args.device) if args.device else None, weights)
+    device = torch.device(args.device) if args.device else None
+    entry = terminal_run(lambda report: tl.run(cfg, cache, report, device, weights))
     m = entry.metrics
-    if m.get("notice"):
-        print(m["notice"], file=sys.stderr)
     source = m["source"]
     print(f"{tl.cli_command(plan.cfg, weights)}\n{m['dataset']}: {' vs '.join(m['classes'])} · {m['n_train']} train / "
           f"{m['n_test']} test images {tuple(m['image_shape'])} · {entry.meta.get('device')} · "

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 
 from explorer.core.cache import default_cache
-from explorer.core.report import TerminalReporter
+from explorer.core.report import TerminalReporter, where
 from explorer.labs.weight_trajectories import paths, surface
 from explorer.train.evaluate import exit_codes
 
@@ -23,7 +23,7 @@ def _print(entry) -> None:
     if m.get("notice"):
         print(m["notice"], file=sys.stderr)
     print(f"{m['dataset']} · {len(m['seeds'])} seeds · {m['n_train']} train / {m['n_test']} test · "
-          f"{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · {entry.path}")
+          f"{where(entry)}")
     for part in paths.PARTS:
         ev = m["pca"][part]["explained"]
         print(f"{part} ({m['params'][part]:,} weights): explained variance PC1 {ev[0]:.3f}, PC2 {ev[1]:.3f}, "
