@@ -126,12 +126,13 @@ def page(lecture: bool) -> None:
                f"(lr {cfg.lr_loss:g}) on the MSE; phase 2: {cfg.steps_grad:,} Adam steps (lr {cfg.lr_grad:g}) on "
                f"the squared gradient norm |∇L|², then {cfg.lm_steps} Levenberg-Marquardt steps on it. All "
                f"{cfg.runs} runs train at once as one ({cfg.runs}, {cfg.params}) tensor (torch.func.vmap).")
-    st.markdown(DEFINITION.format(tol=cfg.zero_tol, n=cfg.n_perturb, r=cfg.radius))
     entry = cached_or_job(K, "cp_runs", lab.KIND, cfg, lambda: lab.job(cfg, app_cache()), name="critical points",
                           label="Run", autostart=True,  # every setting runs in seconds to minutes: start on its own
                           hint="", buttons=(K + "train", K + "stop"))
     if entry is not None:
         draw(entry.metrics, lecture)
+    st.markdown(DEFINITION.format(tol=cfg.zero_tol, n=cfg.n_perturb, r=cfg.radius))  # below the result it defines
+    if entry is not None:
         show_provenance(entry, recompute=entry.meta.get("recompute"))
 
 
