@@ -212,7 +212,17 @@ def test_the_default_shows_the_spiral_forming_within_seconds() -> None:
     assert tr.evaluate()["test_acc"] >= 0.95
 
 
-def test_paced_runs_sleep_without_holding_a_compute_slot(tmp_path) -> None:
+@pytest.fixture
+def app_threads():
+    """One intra-op thread, as the app runs its jobs (app.py's configure_threads): two paced runs with two threads
+    each on a 2-core machine spend their epochs fighting over the cores, and the slot looks busy."""
+    from explorer.core.device import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+def test_paced_runs_sleep_without_holding_a_compute_slot(tmp_path, app_threads) -> None:
     """Two runs paced at 5 epochs/s share one compute slot and both advance; between epochs they sleep (state
     SLEEPING) and hold no slot, so a third job computes meanwhile."""
     runner = JobRunner(max_running=3, max_jobs=1)
