@@ -91,11 +91,11 @@ def plan_groups(spec: SweepSpec, points: list[Point]) -> list[list[Point]]:
 
 
 def compute_points(spec: SweepSpec, points: list[Point], data: SweepData, *,
-                   report: Reporter = SILENT) -> list[PointResult]:
-    """A group's results: trained together (explorer.labs.double_descent.train), or random features in
-    closed form."""
+                   report: Reporter = SILENT, until: int | None = None) -> list[PointResult]:
+    """A group's results: trained together (explorer.labs.double_descent.train; `until`: only its first epochs),
+    or random features in closed form (one "epoch": `until` changes nothing)."""
     if spec.trained:
-        return train_group(spec, points, data, report=report)
+        return train_group(spec, points, data, report=report, until=until)
     return random_features.sweep_points(spec, points, data, report=report)
 
 

@@ -155,10 +155,12 @@ class _AutogradGroup:
 
 
 def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
-                report: Reporter = SILENT) -> list[PointResult]:
+                report: Reporter = SILENT, until: int | None = None) -> list[PointResult]:
     """Train the points together (one forward/backward per step for all); per-epoch metrics for each.
 
-    `report` gets a checkpoint before each epoch and the fraction of epochs done after it.
+    `report` gets a checkpoint before each epoch and the fraction of epochs done after it. `until` stops after that
+    many epochs of the spec's run (its schedule still spans spec.epochs): the same bits as the full run's first
+    epochs, for a cheap check of a shipped sweep where the full recompute cannot be exact.
     """
     if not spec.trained:
         raise ValueError(f"{spec.family} points are solved in closed form (random_features.sweep_point), not trained")
@@ -189,7 +191,7 @@ def train_group(spec: SweepSpec, points: list[Point], data: SweepData, *,
     diverged: list[str | None] = [None] * k
     ckpts: list[dict[str, torch.Tensor]] = [{} for _ in points]
     steps_per_epoch = math.ceil(n / bs)
-    for epoch in range(spec.epochs):
+    for epoch in range(spec.epochs if until is None else min(until, spec.epochs)):
         report.checkpoint()
         lr = spec.lr * SCHEDULES[spec.schedule](epoch, spec.epochs)
         perm = torch.randperm(n, generator=order).to(device)

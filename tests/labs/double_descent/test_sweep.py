@@ -240,6 +240,17 @@ def test_a_diverging_model_is_marked_and_the_others_go_on(monkeypatch) -> None:
 
 
 
+def test_training_until_an_epoch_gives_the_full_runs_first_epochs_bit_for_bit() -> None:
+    from explorer.labs.double_descent.train import train_group
+
+    spec = dataclasses.replace(tiny(), checkpoint_epochs=(), schedule="cosine")  # the prefix keeps the full schedule
+    data = load_data(spec)
+    full, head = (train_group(spec, spec.points()[:2], data, until=u) for u in (None, 2))
+    for f, h in zip(full, head):
+        assert h.epochs == [1, 2] and f.epochs == [1, 2, 3]
+        assert all(h.metrics[m] == f.metrics[m][:2] for m in f.metrics)
+
+
 def test_the_conv_cost_model_matches_the_measured_point_times_of_the_shipped_cnn_sweeps(tmp_path) -> None:
     from explorer.labs.double_descent.spec import spec_from_dict
 
