@@ -70,10 +70,12 @@ ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4", "neon", "asimd", "sve")  # 
 
 @functools.lru_cache(maxsize=1)
 def cpu_description() -> str:
-    """The processor as float kernels see it: model name, the instruction-set level PyTorch dispatches to, and the
-    vector / matrix instruction sets oneDNN and MKL pick kernels by. Two machines with different strings may
-    round differently (another kernel, another summation order); equal strings are what exact recomputes need."""
-    model, flags = "", set()
+    """The processor as float kernels see it: model name, the instruction-set level PyTorch dispatches to, the
+    vector / matrix instruction sets oneDNN and MKL pick kernels by, the CPU family / model / stepping and the
+    cache sizes they block their loops by (a virtual machine may show one model name for other processors). Two
+    machines with different strings may round differently (another kernel, another summation order); equal
+    strings are what exact recomputes need."""
+    model, flags, ids = "", set(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():  # Linux; the first processor's lines
             key, _, value = (part.strip() for part in line.partition(":"))
@@ -81,6 +83,8 @@ def cpu_description() -> str:
                 model = value
             elif key in ("flags", "Features") and not flags:
                 flags = {f for f in value.split() if f.startswith(ISA_PREFIXES)}
+            elif key in ("cpu family", "model", "stepping", "CPU part", "CPU variant") and key not in ids:
+                ids[key] = value
     except OSError:
         pass
     model = model or platform.processor() or platform.machine()
@@ -88,7 +92,25 @@ def cpu_description() -> str:
         capability = torch.backends.cpu.get_cpu_capability()
     except (AttributeError, RuntimeError):
         capability = "unknown"
-    return f"{model}; torch {capability}" + (f"; {' '.join(sorted(flags))}" if flags else "")
+    parts = [model, f"torch {capability}"] + ([" ".join(sorted(flags))] if flags else [])
+    if ids:
+        parts.append(" ".join(f"{k.removeprefix('cpu ')} {v}" for k, v in ids.items()))
+    if caches := _cache_sizes():
+        parts.append(caches)
+    return "; ".join(parts)
+
+
+def _cache_sizes() -> str:
+    """The first processor's data and unified caches, "L1d 48K L2 2048K L3 107520K" (Linux sysfs), or ""."""
+    out = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            out.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    return " ".join(out)
 
 
 def provenance(device: str | None = None, **extra: Any) -> dict[str, Any]:
