@@ -17,6 +17,7 @@ from explorer.data.datasets import DatasetUnavailable
 from explorer.labs.classifiers import presets as P
 from explorer.labs.classifiers import workbench as W
 from explorer.train.image_fit import ImageData, predict
+from explorer.train.metrics import confusion_matrix
 
 
 def _shipped() -> list[Entry]:
@@ -56,8 +57,7 @@ def test_the_full_scale_simple_cnn_is_trained_to_completion_and_its_checkpoint_g
     cpu = torch.device("cpu")
     tr = ImageData.from_dataset(train, cpu)
     pred = predict(W.load_model(entry), ImageData.from_dataset(test, cpu, tr.mean, tr.std)).argmax(1)
-    cm = torch.zeros(10, 10, dtype=torch.long)
-    cm.index_put_((test.y, pred), torch.ones_like(pred), accumulate=True)
+    cm = confusion_matrix(test.y, pred, 10)
     shipped = torch.tensor(entry.metrics["test"]["confusion"])
     if entry.meta.get("cpu") == cpu_description():
         assert torch.equal(cm, shipped)
