@@ -8,7 +8,10 @@ is shared by all of them, and the backward is the ATen ops autograd runs for thi
 of the layers' backward, ReLU's threshold_backward, the dropout product, the softmax cross-entropy
 gradient) without the graph: a few large ops instead of per-op bookkeeping. Activations live in
 workspace buffers reused from step to step (allocating them anew cost more than the arithmetic at
-these sizes); logits are classes-major (K, C, B), so that the softmax reduces over contiguous rows of B.
+these sizes); logits are classes-major (K, C, B), so that the softmax reduces over contiguous rows of B. The common
+network's step (bias rows, one depth, no batch norm or dropout) takes the views of weights and workspace it needs
+from a plan made once per batch size, the general step's ops in its order (the same bits, tested), without the
+per-step view ops and bookkeeping.
 
 Where a layer's bias is stored as the row right after its weight, (K, in + 1, out) with the bias last
 (`flat_layers` lays weights out so), the layer runs as ONE matmul of that block with an input that ends
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -93,6 +96,35 @@ class BatchNorm:
     models: Sequence[bool]
     momentum: float = 0.1  # nn.BatchNorm1d's defaults
     eps: float = 1e-5
+
+
+class _HiddenViews(NamedTuple):
+    """One hidden layer's views in a step of the common network (_Plan)."""
+
+    block: torch.Tensor  # its weights with the bias row, (K, in + 1, h)
+    pre: torch.Tensor  # pre-activation (K, B, h)
+    act: torch.Tensor  # ReLU output (pre itself, or the first h columns of nxt)
+    nxt: torch.Tensor  # what the next layer multiplies: act with its 1-column
+    nxt_t: torch.Tensor  # nxt transposed, for the next layer's weight gradient and the logits
+    dact: torch.Tensor  # d(activation), then d(pre-activation) in place
+    gblock: torch.Tensor  # its gradient block
+    w_next_t: torch.Tensor  # the next layer's weight (no bias row) transposed, for d(activation)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The views a training step of the common network (every layer a bias-row block, one depth, no batch norm) reads
+    and writes, made once per batch size instead of in every step (a view is an op: at widths of tens a step's
+    matmuls are about a third of its time)."""
+
+    hidden: list[_HiddenViews]
+    out_block_t: torch.Tensor  # the output layer's block transposed (C, h + 1), per model
+    out_gblock: torch.Tensor
+    z: torch.Tensor  # logits (K, C, B), log-softmax, softmax and its transpose, -1 at the targets
+    logp: torch.Tensor
+    e: torch.Tensor
+    e_t: torch.Tensor
+    minus_one: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -180,6 +212,9 @@ class FusedMLP:
                             t[:lo].zero_()
                             t[hi:].zero_()
         self._work: dict[tuple[bool, int], _Buffers] = {}
+        self._plans: dict[int, _Plan] = {}
+        self._plain = (self.trainable and norm is None and hidden > 0 and self.depths == [hidden] * self.k
+                       and all(lay.block is not None for lay in self.layers))  # step may take _plain_step
 
     @property
     def input_width(self) -> int:
@@ -344,6 +379,10 @@ class FusedMLP:
         sum itself overflows: a diverged model in any case)."""
         if not self.trainable:
             raise ValueError("this FusedMLP was built without gradient views: it can only compute logits")
+        if self._plain and masks is None and x.dim() == 2 and x.shape[1] == self.input_width:
+            with torch.no_grad():
+                self._plain_step(x, y, loss, witness)
+            return
         with torch.no_grad():
             k, bsz = self.k, x.shape[0]
             buf = self._buffers(True, bsz, x)
@@ -385,6 +424,53 @@ class FusedMLP:
                     torch.sum(g, 1, out=_rows(lay.gb, 0, n))
                 if i:
                     torch.bmm(g, _rows(lay.w, 0, n).mT, out=_rows(buf.dact[i - 1], 0, n))
+
+    def _plan(self, bsz: int, like: torch.Tensor) -> _Plan:
+        """The common network's step views for one batch size (its workspace's), made on first use."""
+        plan = self._plans.get(bsz)
+        if plan is not None:
+            return plan
+        buf = self._buffers(True, bsz, like)
+        hidden = [_HiddenViews(lay.block, buf.pre[i], buf.act[i], buf.nxt[i], buf.nxt[i].mT, buf.dact[i], lay.gblock,
+                               self.layers[i + 1].w.mT) for i, lay in enumerate(self.layers[:-1])]
+        out = self.layers[-1]
+        plan = self._plans[bsz] = _Plan(hidden, out.block.mT, out.gblock, buf.z, buf.logp, buf.e, buf.e.mT,
+                                        buf.minus_one)
+        return plan
+
+    def _plain_step(self, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor | None,
+                    witness: torch.Tensor | None) -> None:
+        """step for the common network (no dropout, batch norm or depths, prepared rows): the general step's ops in
+        its order on the same views, made once (_plan), so the same bits."""
+        k, bsz = self.k, x.shape[0]
+        plan = self._plan(bsz, x)
+        xe = x.expand(k, -1, -1)  # (K, B, F): one input for every model, no copy made
+        a = xe
+        for h in plan.hidden:
+            torch.bmm(a, h.block, out=h.pre)
+            if h.act is h.pre:
+                h.pre.relu_()
+            else:
+                torch.clamp_min(h.pre, 0, out=h.act)
+            a = h.nxt
+        last = plan.hidden[-1]
+        z = torch.bmm(plan.out_block_t, last.nxt_t, out=plan.z)
+        if witness is not None:
+            torch.sum(z, (1, 2), out=witness)
+        target = y.view(1, 1, bsz).expand(k, 1, bsz) if y.dim() == 1 else y.unsqueeze(1)  # (K, 1, B)
+        logp = torch._log_softmax(z, 1, False, out=plan.logp)
+        if loss is not None:
+            torch.mean(logp.gather(1, target), (1, 2), out=loss).neg_()
+        torch.exp(logp, out=plan.e).scatter_add_(1, target, plan.minus_one).mul_(1.0 / bsz)
+        _bmm_into(last.nxt_t, plan.e_t, plan.out_gblock)
+        torch.bmm(plan.e_t, last.w_next_t, out=last.dact)
+        for i in range(len(plan.hidden) - 1, -1, -1):
+            h = plan.hidden[i]
+            _threshold_backward(h.dact, h.pre, 0, grad_input=h.dact)
+            below = plan.hidden[i - 1] if i else None
+            _bmm_into(below.nxt_t if below else xe.mT, h.dact, h.gblock)
+            if below:
+                torch.bmm(h.dact, below.w_next_t, out=below.dact)
 
 
 def flat_size(k: int, dims: Sequence[int]) -> int:

@@ -97,6 +97,29 @@ def test_bias_rows_and_separate_biases_give_the_same_step() -> None:
     torch.testing.assert_close(rows.logits(x), general.logits(x))
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_the_plain_step_gives_the_general_steps_bits(depth: int) -> None:
+    """The common network's step (its views made once per batch size) runs the general step's ops in its order:
+    the same gradients, losses and witnesses to the last bit, step after step, with shared and per-model labels."""
+    flat, dims, _ = _padded([5, 9, 9], depth, [0, 1, 2])
+    grads = [torch.zeros_like(flat) for _ in range(2)]
+    flats = [flat.clone() for _ in range(2)]
+    nets = [FusedMLP(flat_layers(f, 3, dims), flat_layers(g, 3, dims)) for f, g in zip(flats, grads)]
+    assert nets[0]._plain
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):
+        x = nets[0].prepare(torch.randn(16 if step % 2 else 12, 40, generator=gen))
+        y = torch.randint(0, 10, (12 if step % 2 == 0 else 16,) if step < 2 else (3, x.shape[0]), generator=gen)
+        out = [(torch.empty(3), torch.empty(3)) for _ in range(2)]
+        nets[0].step(x, y, loss=out[0][0], witness=out[0][1])
+        nets[1]._plain = False  # the general step
+        nets[1].step(x, y, loss=out[1][0], witness=out[1][1])
+        assert torch.equal(grads[0], grads[1]) and torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+        for f, g in zip(flats, grads):
+            f.sub_(0.1 * g)
+    assert len(nets[0]._plans) == 2
+
+
 @pytest.mark.parametrize("kind", FLAT_KINDS)
 def test_flat_optimizer_equals_torch_optim_and_padding_stays_zero(kind: str) -> None:
     widths, depth = [3, 5], 2
