@@ -1,6 +1,6 @@
 """Running a sweep: plan groups, compute the missing points (resume) locally or on Ray, write the summary.
 
-CLI: python -m explorer sweep SPEC.toml [--backend local|ray] [--workers N] [--force] [--ship]
+CLI: python -m explorer sweep SPEC.toml [--backend local|ray] [--workers N|0] [--force] [--ship]
      python -m explorer sweep --live widths=4,16,64 noise=15 epochs=30   (the page's live sweep)
 
 Every point and summary records the engine version that computed it (train.ENGINE_VERSION for trained
@@ -25,7 +25,7 @@ import torch
 
 from explorer.core.cache import Cache, Entry, default_cache, shipped_cache, to_plain
 from explorer.core.config import ConfigError, check_choice, check_range
-from explorer.core.device import configure_allocator, describe_device
+from explorer.core.device import configure_allocator, describe_device, get_device
 from explorer.core.report import SILENT, Reporter, TerminalReporter, hms, part
 from explorer.data.datasets import DatasetUnavailable
 from explorer.labs.double_descent import random_features
@@ -54,6 +54,17 @@ def point_cost(spec: SweepSpec, width: int) -> float:
     if spec.family in RF_FAMILIES:
         return width * 1.0 + 1_000
     return CONV_PER_WIDTH * width + ddmodels.param_count(spec.family, width, (3, 32, 32), 10) + CONV_FIXED
+
+
+def auto_workers(spec: SweepSpec, n_groups: int) -> int:
+    """Worker processes for `workers=0`: on a CPU, an MLP sweep runs one group per core, each on one torch thread,
+    because its groups (batch 100, widths up to a few hundred) are too small to keep two threads busy: measured on
+    the 2-core CPU for mnist1d-mlp, 126 s with 2 workers x 1 thread against 145 s in one process on 2 threads, the
+    same bits. Conv nets and random features fill the cores of one process (and a convolution's bits depend on its
+    thread count), and a GPU is one device: one worker."""
+    if spec.family != "mlp" or get_device().type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), n_groups))
 
 
 def engine_version(family: str) -> int:
@@ -141,6 +152,19 @@ def _worker_init(threads: int) -> None:
     configure_allocator()
 
 
+def local_pool(workers: int) -> futures.ProcessPoolExecutor:
+    """The local backend's worker processes: `workers` of them, each on its share of this process's torch threads."""
+    threads = max(1, torch.get_num_threads() // workers)
+    return futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_init, initargs=(threads,))
+
+
+def costliest_first(costs: list[float]) -> list[int]:
+    """Group indices in the order worker processes take them: the costliest first (longest-processing-time order),
+    so that no worker is left alone with a big group at the end."""
+    return sorted(range(len(costs)), key=lambda i: -costs[i])
+
+
 class SweepProgress:
     """A sweep's progress, published to a Reporter: the share of the estimated cost done, and finished points."""
 
@@ -221,7 +245,7 @@ def _scaled(spec: SweepSpec, points: list[Point], entries: list[Entry], device: 
         if not measured or not is_current(e):  # an earlier engine's times say little about today's
             continue
         other = spec_from_dict(e.config)
-        seconds += sum(p["wall_time_s"] for p in measured)
+        seconds += sum(p["wall_time_s"] for p in measured) / e.meta.get("workers", 1)  # as its workers ran them
         work += sum(_work(other, p["width"]) for p in measured)
         names.append(f"{other.name} ({len(measured)} points)")
     if work <= 0:
@@ -247,10 +271,12 @@ def run_sweep(spec: SweepSpec, *, cache: Cache, backend: str = "local", workers:
     """Compute every missing point (resume), then write and return the sweep's summary entry.
 
     A summary of this exact spec already cached (runtime or shipped) is returned as it is unless `force`.
+    `workers` 0 picks the count (auto_workers; 1 on Ray); more than one runs groups in worker processes, each on its
+    share of this process's torch threads, the costliest groups first.
     `report` gets the share of the estimated cost done (weighted by each group's cost) and "k/n points".
     """
     check_choice("backend", backend, BACKENDS)
-    check_range("workers", workers, 1, 256, integer=True)
+    check_range("workers", workers, 0, 256, integer=True)
     start = time.perf_counter()
     points = spec.points()
     if not force and (summary := cached_summary(spec, cache)) is not None:
@@ -264,8 +290,9 @@ def run_sweep(spec: SweepSpec, *, cache: Cache, backend: str = "local", workers:
     groups = plan_groups(spec, missing)
     costs = [sum(point_cost(spec, p.width) for p in g) * (spec.epochs if spec.trained else 1) for g in groups]
     progress = SweepProgress(report, costs, len(points), len(points) - len(missing))
+    workers = workers or (auto_workers(spec, len(groups)) if backend == "local" else 1)
     BACKENDS[backend](spec, groups, costs, cache, workers, progress, ray_gpus)
-    entry = write_summary(spec, cache, time.perf_counter() - start)
+    entry = write_summary(spec, cache, time.perf_counter() - start, workers=workers)
     return SweepResult(entry, len(missing), len(points) - len(missing), time.perf_counter() - start)
 
 
@@ -276,10 +303,9 @@ def _run_local(spec, groups, costs, cache, workers, progress, ray_gpus) -> None:
             compute_group(spec, g, cache, progress.running(cost))
             progress.finished(g, cost)
         return
-    threads = max(1, torch.get_num_threads() // workers)
-    ctx = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        pending = {pool.submit(compute_group, spec, g, cache): (g, c) for g, c in zip(groups, costs)}
+    with local_pool(workers) as pool:
+        pending = {pool.submit(compute_group, spec, groups[i], cache): (groups[i], costs[i])
+                   for i in costliest_first(costs)}
         for fut in futures.as_completed(pending):
             fut.result()
             progress.finished(*pending[fut])
@@ -323,8 +349,25 @@ def _run_ray(spec, groups, costs, cache, workers, progress, ray_gpus) -> None:
 BACKENDS: dict[str, Callable[..., None]] = {"local": _run_local, "ray": _run_ray}
 
 
-def write_summary(spec: SweepSpec, cache: Cache, wall_time_s: float, root: Cache | None = None) -> Entry:
-    """The sweep-level entry: every point's per-epoch metrics as one (P, E, M) float32 tensor."""
+def points_kernels(entries: list[Entry]) -> dict:
+    """The kernels the points were computed on, for the summary's meta: their device (with its torch thread count),
+    processor and numerics fingerprint where every point agrees (points computed by worker processes on a share of
+    the cores ran another thread count than the process that writes the summary); where they disagree (a sweep
+    resumed on another machine or thread count) "numerics" is None: an exact recompute is not possible."""
+    out: dict = {}
+    for key in ("device", "cpu", "numerics"):
+        values = {str(e.meta.get(key)) for e in entries}
+        if len(values) == 1 and entries[0].meta.get(key) is not None:
+            out[key] = entries[0].meta[key]
+        elif key == "numerics":
+            out[key] = None
+    return out
+
+
+def write_summary(spec: SweepSpec, cache: Cache, wall_time_s: float, root: Cache | None = None,
+                  workers: int = 1) -> Entry:
+    """The sweep-level entry: every point's per-epoch metrics as one (P, E, M) float32 tensor; `workers`: how many
+    processes computed its points at once (their point times add up to about `workers` times the wall time)."""
     entries = [cache.get(POINT_KIND, point_config(spec, p)) for p in spec.points()]
     if any(e is None for e in entries):
         raise RuntimeError("cannot summarise a sweep with missing points")
@@ -338,7 +381,8 @@ def write_summary(spec: SweepSpec, cache: Cache, wall_time_s: float, root: Cache
     metrics = {"metric_names": list(METRICS), "epochs": epochs, "points": points,
                "points_wall_time_s": sum(p["wall_time_s"] or 0.0 for p in points),
                "num_classes": entries[0].metrics.get("num_classes")}
-    meta = {"wall_time_s": wall_time_s, "sweep_name": spec.name, **engine_meta(spec.family)}
+    meta = {"wall_time_s": wall_time_s, "sweep_name": spec.name, "workers": workers, **engine_meta(spec.family),
+            **points_kernels(entries)}
     tensors = {"metrics": table.transpose(1, 2).contiguous()}  # (P, E, M)
     return (root or cache).put(SWEEP_KIND, spec.key_config(), metrics, tensors, meta)
 
@@ -352,7 +396,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--live", nargs=3, metavar=("widths=W1,W2", "noise=PCT", "epochs=N"),
                     help="the page's live MNIST-1D sweep instead of a spec file (its provenance prints this form)")
     ap.add_argument("--backend", default="local", choices=sorted(BACKENDS))
-    ap.add_argument("--workers", type=int, default=1, help="parallel worker processes / Ray CPUs")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="parallel worker processes / Ray CPUs (0, local: one per core for MLP sweeps on a CPU, "
+                         "else 1)")
     ap.add_argument("--gpus-per-task", type=float, default=0.0, help="Ray: GPUs per task (e.g. 0.25)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     ap.add_argument("--force", action="store_true",
@@ -379,7 +425,12 @@ def main(argv: list[str]) -> int:
     else:
         eta = f"about {hms(plan.estimate_s)} ({plan.estimate_from})" if plan.estimate_s is not None \
             else f"unknown ({plan.estimate_from})"
-        print(f"{plan.cached} points cached, {len(plan.missing)} to compute; estimated time {eta}", file=sys.stderr)
+        workers = args.workers or (auto_workers(spec, len(plan_groups(spec, plan.missing))) if args.backend == "local"
+                                   else 1)
+        how = "" if workers == 1 else (f" in {workers} worker processes of "
+                                       f"{max(1, torch.get_num_threads() // workers)} torch threads each")
+        print(f"{plan.cached} points cached, {len(plan.missing)} to compute{how}; estimated time {eta}",
+              file=sys.stderr)
     try:
         with TerminalReporter() as report:
             res = run_sweep(spec, cache=cache, backend=args.backend, workers=args.workers, report=report,
@@ -399,7 +450,8 @@ def main(argv: list[str]) -> int:
             print(f"shipped: {shipped.path}")
         else:
             shipped_cache().delete(SWEEP_KIND, spec.key_config())  # recomputed: the new summary replaces it
-            shipped = write_summary(spec, cache, res.entry.meta["wall_time_s"], shipped_cache())
+            shipped = write_summary(spec, cache, res.entry.meta["wall_time_s"], shipped_cache(),
+                                    workers=res.entry.meta.get("workers", 1))
             print(f"shipped: {shipped.path}")
         for old in replaced_shipped(spec, shipped.key, shipped_cache()):
             print(f"removed the shipped summary it replaces (same name, another spec or engine): {old}")

@@ -11,9 +11,9 @@ import torch
 
 from explorer.core.cache import Cache
 from explorer.core.config import ConfigError
+from explorer.core.report import NullReporter, TerminalReporter
 from explorer.data.noise import noisy_labels
 from explorer.labs.double_descent.results import describe, interpolation_threshold, list_sweeps, sweep_frame
-from explorer.core.report import NullReporter, TerminalReporter
 from explorer.labs.double_descent.run import plan_groups, point_cost, run_sweep
 from explorer.labs.double_descent.spec import (POINT_KIND, SWEEP_KIND, Point, SweepSpec, load_data, parse_spec,
                                                point_config)
@@ -218,6 +218,39 @@ def test_ray_backend_on_a_local_instance(tmp_path) -> None:
     local = run_sweep(spec, cache=Cache(tmp_path / "rt2", tmp_path / "shipped"))
     torch.testing.assert_close(res.entry.tensors()["metrics"], local.entry.tensors()["metrics"], atol=1e-4, rtol=0)
     assert not math.isnan(res.entry.metrics["points"][0]["wall_time_s"])
+
+
+def test_worker_processes_record_the_kernels_their_points_ran_on(tmp_path) -> None:
+    """With --workers, points run in processes on a share of the cores (fewer torch threads than this process):
+    the summary records the points' device, thread count and numerics fingerprint, the ones an exact recompute
+    must use, not those of the process that writes it."""
+    spec = dataclasses.replace(tiny(), widths=(4, 64), epochs=2, checkpoint_epochs=())
+    assert len(plan_groups(spec, spec.points())) == 2
+    cache = Cache(tmp_path / "rt", tmp_path / "shipped")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        res = run_sweep(spec, cache=cache, workers=2)
+    finally:
+        torch.set_num_threads(before)
+    points = [cache.get(POINT_KIND, point_config(spec, p)) for p in spec.points()]
+    assert {e.meta["device"] for e in points} == {res.entry.meta["device"]}
+    assert "1 torch threads" in res.entry.meta["device"]
+    assert {e.meta["numerics"] for e in points} == {res.entry.meta["numerics"]}
+    local = run_sweep(spec, cache=Cache(tmp_path / "rt2", tmp_path / "shipped"))
+    torch.testing.assert_close(res.entry.tensors()["metrics"], local.entry.tensors()["metrics"], atol=1e-4, rtol=0)
+
+
+def test_a_summary_of_points_on_mixed_kernels_records_no_fingerprint(tmp_path) -> None:
+    from explorer.labs.double_descent.run import points_kernels
+
+    class E:
+        def __init__(self, meta):
+            self.meta = meta
+    same = [E({"device": "cpu (2 cores, 1 torch threads)", "cpu": "x", "numerics": "ab"}) for _ in range(2)]
+    assert points_kernels(same) == {"device": "cpu (2 cores, 1 torch threads)", "cpu": "x", "numerics": "ab"}
+    mixed = same + [E({"device": "cpu (2 cores, 2 torch threads)", "cpu": "x", "numerics": "cd"})]
+    assert points_kernels(mixed) == {"cpu": "x", "numerics": None}
 
 
 def test_a_diverging_model_is_marked_and_the_others_go_on(monkeypatch) -> None:
