@@ -11,9 +11,18 @@ against the noisy test labels. Same data, recipe and epochs on both sides; round
 noise hits both; each group's time is the median over rounds.
 Roofline: the useful multiply-adds of the recipe (no padding), divided by this machine's fp32 matmul rate
 measured here, give a floor on any engine's time, so the best ratio an fp32 engine can reach here.
+Where the time goes (--breakdown, on by default): one epoch of each group (the second: warm buffers) is recorded op by
+op as it dispatches (a TorchDispatchMode), and the recorded ops are replayed and timed: the matmuls alone at the
+engine's own shapes and strides (their rate, padding included, against the peak), and the other ops (element-wise
+ReLU and its backward, softmax, the optimizer update, evaluation's reductions); the engine's time less both is its
+Python. The matmul time is the floor of this design at these shapes: no eager engine that runs these matmuls
+goes under it.
 The process's allocator is set up as the CLI and app set it up (explorer.core.device.configure_allocator: freed
 tensor memory is reused instead of mmap'd afresh); it applies to both sides. --no-malloc-tuning leaves it.
-Usage: python -m benchmarks.bench_sweep [--epochs 2] [--rounds 3] [--threads 0] [--no-malloc-tuning]
+The sweep command's way (on a CPU: one worker process per core for MLP sweeps, explorer.labs.double_descent.run.
+auto_workers): the whole grid through its process pool, costliest groups first, after a warm-up round.
+Usage: python -m benchmarks.bench_sweep [--epochs 2] [--rounds 3] [--threads 0] [--no-malloc-tuning] [--no-breakdown]
+       [--no-workers]
 """
 
 from __future__ import annotations
@@ -25,11 +34,13 @@ import time
 
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from explorer.core.device import configure_allocator, describe_device
+from explorer.core.report import NullReporter
 from explorer.data.noise import noise_seed, noisy_labels
-from explorer.labs.double_descent.run import plan_groups
+from explorer.labs.double_descent.run import auto_workers, costliest_first, local_pool, plan_groups, point_cost
 from explorer.labs.double_descent.spec import SweepData, load_data, load_spec
 from explorer.labs.double_descent.train import train_group
 
@@ -75,12 +86,103 @@ def matmul_rate(device: torch.device, rounds: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
+_aten = torch.ops.aten
+MATMULS = {_aten.bmm.default, _aten.bmm.out, _aten.mm.default, _aten.mm.out, _aten.baddbmm.default,
+           _aten.baddbmm.out, _aten.addmm.default, _aten.addmm.out}
+
+
+class _Recorder(TorchDispatchMode):
+    """Every aten op dispatched while on, with its arguments (the live tensors: the engine reuses its buffers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+class _OneEpoch(NullReporter):
+    """A Reporter that records the ops of epoch `epoch` (1-based): on at its checkpoint, off at its publish."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.seen, self.mode = epoch, 0, _Recorder()
+
+    def checkpoint(self) -> None:
+        self.seen += 1
+        if self.seen == self.epoch:
+            self.mode.__enter__()
+
+    def publish(self, snapshot=None, *, progress=None, message=None) -> None:
+        if self.seen == self.epoch and self.mode.ops is not None and progress is not None:
+            self.mode.__exit__(None, None, None)
+            self.seen += 0.5  # off for good
+
+
+def _matmul_flops(func, args) -> float:
+    """Floating-point operations of one recorded matmul (2 * batch * m * k * n), padding included."""
+    a, b = (args[1], args[2]) if func in (_aten.baddbmm.default, _aten.baddbmm.out, _aten.addmm.default,
+                                          _aten.addmm.out) else (args[0], args[1])
+    batch = a.shape[0] if a.dim() == 3 else 1
+    return 2.0 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+
+
+def _replay(ops: list, rounds: int = 5) -> float:
+    """Best time of running the recorded ops again, in order."""
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for func, args, kwargs in ops:
+            func(*args, **kwargs)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def breakdown(spec, group, data) -> tuple[int, float, float, int, float]:
+    """One epoch of a group, recorded and replayed: (matmul ops, their seconds, their FLOPs, other ops, their
+    seconds)."""
+    rep = _OneEpoch(2)
+    train_group(dataclasses.replace(spec, epochs=max(spec.epochs, 2)), group, data, report=rep, until=2)
+    mm = [op for op in rep.mode.ops if op[0] in MATMULS]
+    rest = [op for op in rep.mode.ops if op[0] not in MATMULS and op[0] is not _aten._local_scalar_dense.default]
+    return len(mm), _replay(mm), sum(_matmul_flops(f, a) for f, a, _ in mm), len(rest), _replay(rest)
+
+
+_DATA: dict = {}
+
+
+def _worker_group(spec, group) -> None:
+    """In a worker process: train one group (the data loaded once per process)."""
+    if spec not in _DATA:
+        _DATA[spec] = load_data(spec)
+    train_group(spec, group, _DATA[spec])
+
+
+def per_core_rounds(spec, groups, rounds: int) -> tuple[int, float]:
+    """The sweep command's way on a CPU (run.auto_workers worker processes, costliest groups first): (workers, median
+    seconds of the whole grid over `rounds`, after a warm-up round that starts the processes and loads the data)."""
+    workers = auto_workers(spec, len(groups))
+    order = costliest_first([sum(point_cost(spec, p.width) for p in g) for g in groups])
+    times = []
+    with local_pool(workers) as pool:
+        for r in range(rounds + 1):
+            t = time.perf_counter()
+            list(pool.map(_worker_group, [spec] * len(order), [groups[i] for i in order]))
+            if r:
+                times.append(time.perf_counter() - t)
+    return workers, statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=2, help="epochs per point, same on both sides")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's allocator at its defaults")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the per-group op breakdown")
+    ap.add_argument("--no-workers", action="store_true", help="skip the sweep command's worker-process mode")
     args = ap.parse_args()
     tuned = False if args.no_malloc_tuning else configure_allocator()
     if args.threads:
@@ -104,21 +206,39 @@ def main() -> None:
             ours[i].append(time.perf_counter() - t)
         print(f"round {r + 1}: plain loop {sum(v[-1] for v in base.values()):7.2f} s   "
               f"sweep engine {sum(v[-1] for v in ours.values()):7.2f} s")
+    rate = matmul_rate(data.x_train.device)
+    n_tr, n_te = len(data.x_train), len(data.x_test)
     for i, g in enumerate(groups):
         b, o = statistics.median(base[i]), statistics.median(ours[i])
         widths = sorted({p.width for p in g})
+        useful = sum(useful_flops(p.width, n_tr, n_te, args.epochs) for p in g)
         print(f"widths {widths[0]:>3}..{widths[-1]:<3} ({len(g):2d} models): plain {b:6.2f} s  ours {o:6.2f} s  "
-              f"ratio {b / o:5.1f}x")
+              f"ratio {b / o:5.1f}x  {useful / o / 1e9:4.0f} GFLOP/s useful ({100 * useful / o / rate:2.0f}% of peak)")
+    if not args.no_breakdown:
+        print("per epoch (one recorded epoch replayed): engine = matmuls at its shapes + other ops + its Python")
+        for i, g in enumerate(groups):
+            widths = sorted({p.width for p in g})
+            n_mm, t_mm, f_mm, n_rest, t_rest = breakdown(spec, g, data)
+            epoch = statistics.median(ours[i]) / args.epochs
+            print(f"widths {widths[0]:>3}..{widths[-1]:<3}: {1e3 * epoch:6.2f} ms = matmuls {1e3 * t_mm:6.2f} ms "
+                  f"({n_mm} at {f_mm / t_mm / 1e9:3.0f} GFLOP/s, {100 * f_mm / t_mm / rate:2.0f}% of peak) + "
+                  f"{n_rest} other ops {1e3 * t_rest:5.2f} ms ({1e6 * t_rest / n_rest:4.1f} us each) + Python "
+                  f"{1e3 * max(epoch - t_mm - t_rest, 0.0):5.2f} ms; matmuls are {100 * t_mm / epoch:2.0f}% of it")
     b = sum(statistics.median(v) for v in base.values())
     o = sum(statistics.median(v) for v in ours.values())
     print(f"total: plain loop {b:.2f} s, sweep engine {o:.2f} s")
     print(f"ratio sweep engine / plain loop (whole width grid): {b / o:.2f}x")
-    rate = matmul_rate(data.x_train.device)
-    work = sum(useful_flops(p.width, len(data.x_train), len(data.x_test), args.epochs) for g in groups for p in g)
+    workers, pc = per_core_rounds(spec, groups, args.rounds) if not args.no_workers else (1, o)
+    if workers > 1:
+        print(f"as the sweep command runs it ({workers} worker processes of "
+              f"{max(1, torch.get_num_threads() // workers)} torch thread(s), costliest groups first): {pc:.2f} s, "
+              f"ratio {b / pc:.2f}x over the plain loop")
+    work = sum(useful_flops(p.width, n_tr, n_te, args.epochs) for g in groups for p in g)
     floor = work / rate
     print(f"roofline: {work / 1e9:.1f} GFLOP of useful work; fp32 matmul peak here {rate / 1e9:.0f} GFLOP/s, so no "
           f"engine takes under {floor:.3f} s and the ratio cannot exceed {b / floor:.1f}x on this machine; "
-          f"ours runs at {work / o / 1e9:.0f} GFLOP/s ({100 * floor / o:.0f}% of peak)")
+          f"ours runs at {work / o / 1e9:.0f} GFLOP/s ({100 * floor / o:.0f}% of peak)"
+          + (f", {work / pc / 1e9:.0f} GFLOP/s ({100 * floor / pc:.0f}%) in worker processes" if workers > 1 else ""))
 
 
 if __name__ == "__main__":
