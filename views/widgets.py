@@ -240,7 +240,8 @@ def show_provenance(entry: Entry, recompute: str | None = None, compute_s: float
     parts = [origin, f"computed {meta.get('created', '?')}", f"on {meta.get('device', '?')}",
              f"code {meta.get('code_version', '?')}"]
     if compute_s is not None:
-        parts.append(f"{float(compute_s):.1f} s of compute")
+        workers = int(meta.get("workers") or 1)
+        parts.append(f"{float(compute_s):.1f} s of compute" + (f" in {workers} worker processes" if workers > 1 else ""))
     elif wall is not None:
         parts.append(f"in {float(wall):.1f} s")
     st.caption(" · ".join(parts) + (f" · recompute with `{recompute}`" if recompute else ""))
