@@ -24,7 +24,7 @@ from explorer.core.report import hms, progress_line
 from explorer.labs.double_descent.random_features import KINDS, RF_KIND, RFConfig, cached_run, features_around
 from explorer.labs.double_descent.results import (clearest_sweep, describe, engine_note, interpolation_threshold,
                                                   list_sweeps, peak_rise, recipe_line, recompute_command, shows_peak,
-                                                  sweep_frame)
+                                                  sweep_frame, threshold_peak)
 from explorer.labs.double_descent.run import plan_sweep, run_sweep
 from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, SWEEP_KIND, live_spec
 from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
@@ -171,10 +171,14 @@ def sweep_view() -> None:
     df = _frame(key)
     epochs = sorted(df["epoch"].unique())
     noises, widths = sorted(df["noise"].unique()), sorted(df["width"].unique())
+    rise, at = peak_rise(entry)
+    moving = None if shows_peak(rise) else threshold_peak(entry)  # a peak before the last epoch, at the threshold
+    if moving is not None and not shows_peak(moving[0]):
+        moving = None
     if st.session_state.get(K + "shown") != key:
         # Another sweep: its epochs, noise levels and widths differ. Set the widgets' values (popping them is not
         # enough: the browser would send back its old value where it is still a valid choice).
-        st.session_state[K + "epoch"] = epochs[-1]
+        st.session_state[K + "epoch"] = moving[1]["epoch"] if moving else epochs[-1]
         st.session_state[K + "ew_noise"] = noises[-1]
         st.session_state[K + "ew_widths"] = sorted({widths[len(widths) // 3], widths[len(widths) // 2], widths[-1]})
         st.session_state[K + "shown"] = key
@@ -183,12 +187,19 @@ def sweep_view() -> None:
     x_axis = c2.radio("x axis", ["width", "params"], horizontal=True, key=K + "xaxis")
     epoch = c3.select_slider("At epoch", epochs, key=K + "epoch") if len(epochs) > 1 else epochs[0]
     st.subheader("Model-wise: error against model size")
-    rise, at = peak_rise(entry)
     if shows_peak(rise):
         st.info(f"What to look for: at {100 * at['noise']:g}% label noise the test error (last epoch, seed mean) "
                 f"falls to {at['low']:.3f} at width {at['low_width']}, rises to {at['peak']:.3f} at width "
                 f"{at['peak_width']} near the interpolation threshold (dotted rule: the training labels are first "
                 "fitted), then falls again as the models grow.")
+    elif moving:
+        m = moving[1]
+        st.info(f"What to look for: at epoch {m['epoch']} and {100 * m['noise']:g}% label noise the test error (seed "
+                f"mean) falls to {m['low']:.3f} at width {m['low_width']} and rises to {m['peak']:.3f} at width "
+                f"{m['peak_width']}, the narrowest width whose models have fitted the noisy training labels by then "
+                "(train error 0.1 or less), then falls again as the models grow. Training longer moves this "
+                "interpolation threshold to narrower widths; by the last epoch this sweep's peak has flattened: "
+                "drag At epoch to watch it.")
     else:
         st.info("What to look for: this sweep shows no model-wise peak at its last epoch (no rise of a point or more); "
                 "the test error falls with width. Pick a sweep with label noise and long training for the peak, "

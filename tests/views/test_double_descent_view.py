@@ -160,6 +160,22 @@ def test_the_page_opens_on_the_sweep_with_the_clearest_peak_and_says_what_to_loo
     assert any(i.value.startswith("What to look for") for i in at.info)
 
 
+def test_a_sweep_whose_peak_flattens_by_its_last_epoch_opens_at_the_epoch_it_shows_best() -> None:
+    """The shipped CIFAR-10 sweep at 20% noise peaks at k = 4 by epoch 100 and is flat by epoch 150: the page sets
+    At epoch to the threshold peak's epoch and says where and when to look."""
+    from explorer.labs.double_descent.results import list_sweeps, threshold_peak
+    from views.widgets import app_cache
+
+    entry = next((e for e in list_sweeps(app_cache()) if e.shipped and e.config["name"] == "cifar10-cnn5"), None)
+    if entry is None:
+        pytest.skip("cifar10-cnn5 is not shipped")
+    at = _app(sweep=entry.key[:10])
+    assert not at.exception
+    epoch = threshold_peak(entry)[1]["epoch"]
+    assert at.select_slider(key="dd_epoch").value == epoch
+    assert any(i.value.startswith(f"What to look for: at epoch {epoch} and 20% label noise") for i in at.info)
+
+
 def test_other_visitors_sweeps_are_neither_listed_nor_the_default(sweeps: tuple[str, str]) -> None:
     """Sweeps computed outside this session (another student's live sweep) stay out of this session's selector
     and never become its default; the shipped ones are listed."""

@@ -187,6 +187,41 @@ def test_shipping_a_changed_spec_file_replaces_the_summary_shipped_under_its_nam
         capsys.readouterr().out
 
 
+def test_the_threshold_peak_is_at_the_narrowest_fitted_width_of_its_epoch(tmp_path) -> None:
+    """At each epoch the candidate is the narrowest width whose train error is FIT_TOLERANCE or less; the clearest
+    epoch wins, so a peak that flattens later is still found (and an unfitted wide model's bump is not one)."""
+    from explorer.labs.double_descent.results import threshold_peak
+
+    cache = Cache(tmp_path / "rt", tmp_path / "none")
+    spec = SweepSpec(name="moving", family="cnn5", label_noise=(0.2,), widths=(1, 2, 3, 4), seeds=(0,), epochs=2)
+    table = torch.zeros(4, 2, len(METRICS))
+    test, train = METRICS.index("test_err"), METRICS.index("train_err")
+    table[:, 0, test] = torch.tensor([0.6, 0.4, 0.5, 0.3])  # epoch 1: width 3 has just fitted, width 2 not
+    table[:, 0, train] = torch.tensor([0.5, 0.3, 0.05, 0.0])
+    table[:, 1, test] = torch.tensor([0.6, 0.45, 0.44, 0.3])  # epoch 2: width 2 fits too; no bump left
+    table[:, 1, train] = torch.tensor([0.5, 0.08, 0.0, 0.0])
+    points = [{"width": w, "noise": 0.2, "seed": 0, "params": w, "wall_time_s": 1.0, "device": "cpu"}
+              for w in spec.widths]
+    cache.put(SWEEP_KIND, spec.key_config(), {"metric_names": list(METRICS), "epochs": [10, 20], "points": points},
+              {"metrics": table}, {"sweep_name": "moving"})
+    entry = list_sweeps(cache)[0]
+    rise, at = threshold_peak(entry)
+    assert rise == pytest.approx(0.1) and at == {"noise": 0.2, "epoch": 10, "low_width": 2, "low": pytest.approx(0.4),
+                                                 "peak_width": 3, "peak": pytest.approx(0.5)}
+    assert peak_rise(entry)[0] < 0  # at the last epoch the error only falls with width
+
+
+def test_the_shipped_cifar10_sweep_peaks_at_the_threshold_before_its_last_epoch(tmp_path) -> None:
+    from explorer.labs.double_descent.results import shows_peak, threshold_peak
+
+    entry = next((e for e in list_sweeps(Cache(tmp_path)) if e.shipped and e.config["name"] == "cifar10-cnn5"), None)
+    if entry is None:
+        pytest.skip("cifar10-cnn5 is not shipped")
+    rise, at = threshold_peak(entry)
+    assert shows_peak(rise) and not shows_peak(peak_rise(entry)[0])
+    assert (at["noise"], at["peak_width"]) == (pytest.approx(0.2), 4) and rise > 0.03
+
+
 def test_a_rise_under_a_point_is_not_called_a_peak(tmp_path) -> None:
     """The page calls a model-wise peak only from a rise of MIN_PEAK_RISE up: a one-seed wiggle is noise."""
     from explorer.labs.double_descent.results import MIN_PEAK_RISE, shows_peak
