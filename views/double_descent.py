@@ -196,10 +196,10 @@ def sweep_view() -> None:
         m = moving[1]
         st.info(f"What to look for: at epoch {m['epoch']} and {100 * m['noise']:g}% label noise the test error (seed "
                 f"mean) falls to {m['low']:.3f} at width {m['low_width']} and rises to {m['peak']:.3f} at width "
-                f"{m['peak_width']}, the narrowest width whose models have fitted the noisy training labels by then "
-                "(train error 0.1 or less), then falls again as the models grow. Training longer moves this "
-                "interpolation threshold to narrower widths; by the last epoch this sweep's peak has flattened: "
-                "drag At epoch to watch it.")
+                f"{m['peak_width']}, the narrowest width whose models have (nearly) fitted the noisy training labels "
+                "by then (train error 0.1 or less; the dotted rule marks where it is 0), then falls again as the "
+                "models grow. Training longer moves this threshold to narrower widths; by the last epoch this "
+                "sweep's peak has flattened: drag At epoch to watch it.")
     else:
         st.info("What to look for: this sweep shows no model-wise peak at its last epoch (no rise of a point or more); "
                 "the test error falls with width. Pick a sweep with label noise and long training for the peak, "
