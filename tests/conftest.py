@@ -50,6 +50,17 @@ def _restore_torch_threads():
         torch.set_num_threads(before)
 
 
+@pytest.fixture
+def plain_main(monkeypatch):
+    """sys.modules["__main__"] a bare module for the test: AppTest leaves the last page it ran as __main__, and a
+    spawned worker process (the sweep command's --workers) would run that page's file again on start-up (under the
+    CLI, __main__ is explorer's own)."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+
+
 class Recorder:
     """A Reporter (explorer.core.report) that keeps every publish and counts checkpoints."""
 

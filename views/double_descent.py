@@ -23,8 +23,8 @@ from explorer.core.config import shown as shown_value  # a refused value, cut to
 from explorer.core.report import hms, progress_line
 from explorer.labs.double_descent.random_features import KINDS, RF_KIND, RFConfig, cached_run, features_around
 from explorer.labs.double_descent.results import (clearest_sweep, describe, engine_note, interpolation_threshold,
-                                                  list_sweeps, peak_rise, recipe_line, recompute_command, shows_peak,
-                                                  sweep_frame, threshold_peak)
+                                                  list_sweeps, opening_peak, peak_rise, recipe_line, recompute_command,
+                                                  shows_peak, sweep_frame)
 from explorer.labs.double_descent.run import plan_sweep, run_sweep
 from explorer.labs.double_descent.spec import LIVE_MAX_EPOCHS, LIVE_WIDTHS, SWEEP_KIND, live_spec
 from views.widgets import (app_cache, chart_slots, config_or_stop, for_lecture, get_job, job_key, lecture_mode,
@@ -172,13 +172,11 @@ def sweep_view() -> None:
     epochs = sorted(df["epoch"].unique())
     noises, widths = sorted(df["noise"].unique()), sorted(df["width"].unique())
     rise, at = peak_rise(entry)
-    moving = None if shows_peak(rise) else threshold_peak(entry)  # a peak before the last epoch, at the threshold
-    if moving is not None and not shows_peak(moving[0]):
-        moving = None
+    opening, moving = opening_peak(entry)  # moving: a peak at the threshold before the last epoch
     if st.session_state.get(K + "shown") != key:
         # Another sweep: its epochs, noise levels and widths differ. Set the widgets' values (popping them is not
         # enough: the browser would send back its old value where it is still a valid choice).
-        st.session_state[K + "epoch"] = moving[1]["epoch"] if moving else epochs[-1]
+        st.session_state[K + "epoch"] = opening
         st.session_state[K + "ew_noise"] = noises[-1]
         st.session_state[K + "ew_widths"] = sorted({widths[len(widths) // 3], widths[len(widths) // 2], widths[-1]})
         st.session_state[K + "shown"] = key

@@ -102,16 +102,19 @@ def test_playground_csv_upload(browser_page) -> None:
 def test_switching_sweeps_resets_the_epoch_slider(browser_page) -> None:
     """The browser sends back a widget's old value while it is still a valid choice: the page must set it."""
     from explorer.core.cache import Cache
-    from explorer.labs.double_descent.results import list_sweeps
+    from explorer.labs.double_descent.results import list_sweeps, opening_peak
 
-    keys = {e.config["name"]: e.key for e in list_sweeps(Cache()) if e.shipped}
+    shipped = {e.config["name"]: e for e in list_sweeps(Cache()) if e.shipped}
+    first = opening_peak(shipped["fashion-cnn5"])[0]  # where its peak at the threshold shows, before epoch 30
+    assert first != 500 and opening_peak(shipped["mnist1d-mlp"])[0] == 500
     url, page, errors = browser_page
-    open_page(page, f"{url}/double_descent?sweep={keys['fashion-cnn5'][:10]}", "Model-wise")
+    open_page(page, f"{url}/double_descent?sweep={shipped['fashion-cnn5'].key[:10]}", "Model-wise")
     slider = page.locator('[data-testid="stSlider"]').first
-    assert "At epoch\n\n30" in _text_once_it_holds(slider, "At epoch\n\n30")  # it may render after the heading
+    want = f"At epoch\n\n{first}\n\n"
+    assert want in _text_once_it_holds(slider, want)  # it may render after the heading
     page.locator('[data-testid="stSelectbox"]').first.click()
     page.get_by_role("option", name=re.compile("^mnist1d-mlp:")).click()
-    # the new sweep's last epoch, not the old sweep's 30
+    # the new sweep's opening epoch (its last), not the old sweep's
     assert "At epoch\n\n500" in _text_once_it_holds(slider, "At epoch\n\n500")
     _no_exception(page)
 

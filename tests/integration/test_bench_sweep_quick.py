@@ -42,7 +42,7 @@ def test_the_breakdown_records_one_epoch_and_replays_it() -> None:
     assert flops == 2 * k * (steps * b * (forward + backward) + evaluated * forward)
 
 
-def test_the_worker_mode_runs_the_whole_grid() -> None:
+def test_the_worker_mode_runs_the_whole_grid(plain_main) -> None:
     spec = dataclasses.replace(TINY, epochs=1)
     workers, seconds = B.per_core_rounds(spec, plan_groups(spec, spec.points()), rounds=1)
     assert workers >= 1 and seconds > 0

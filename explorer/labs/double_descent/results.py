@@ -115,6 +115,16 @@ def threshold_peak(entry: Entry) -> tuple[float, dict]:
     return best
 
 
+def opening_peak(entry: Entry) -> tuple[int, tuple[float, dict] | None]:
+    """The epoch the page opens a sweep at, and the threshold peak it then describes: the last epoch (None) when it
+    shows a model-wise peak (peak_rise) or no epoch shows one at the threshold, else threshold_peak's epoch and peak."""
+    last = entry.metrics["epochs"][-1]
+    if shows_peak(peak_rise(entry)[0]):
+        return last, None
+    moving = threshold_peak(entry)
+    return (moving[1]["epoch"], moving) if shows_peak(moving[0]) else (last, None)
+
+
 def clearest_sweep(entries: list[Entry]) -> Entry | None:
     """The sweep whose model-wise peak rises most (peak_rise); trained networks first, since random features have
     their own view, so a closed-form sweep is picked only when no trained one is cached."""

@@ -220,7 +220,7 @@ def test_ray_backend_on_a_local_instance(tmp_path) -> None:
     assert not math.isnan(res.entry.metrics["points"][0]["wall_time_s"])
 
 
-def test_worker_processes_record_the_kernels_their_points_ran_on(tmp_path) -> None:
+def test_worker_processes_record_the_kernels_their_points_ran_on(tmp_path, plain_main) -> None:
     """With --workers, points run in processes on a share of the cores (fewer torch threads than this process):
     the summary records the points' device, thread count and numerics fingerprint, the ones an exact recompute
     must use, not those of the process that writes it."""
