@@ -89,7 +89,8 @@ FIT_TOLERANCE = 0.1
 def threshold_peak(entry: Entry) -> tuple[float, dict]:
     """The clearest peak at the interpolation threshold over the recorded epochs: at each epoch and noise level, the
     rise of the seed-mean test error at the narrowest width whose models have fitted their training labels
-    (FIT_TOLERANCE) over the minimum at narrower widths; the largest such rise (the latest of equal ones), as
+    (FIT_TOLERANCE) over the minimum at narrower widths, where some wider width's error is lower again (a peak, not
+    the still-rising error of wide models early in training); the largest such rise (the latest of equal ones), as
     (rise, {noise, epoch, low_width, low, peak_width, peak}), rise -inf when none. The threshold moves to narrower
     widths as training goes on, so a sweep's peak can show best before its last epoch (at 20% noise the CIFAR-10
     CNN's is 4.8 points at k = 4 at epoch 100, and flat by epoch 150, once k = 3 fits the noise too)."""
@@ -104,9 +105,11 @@ def threshold_peak(entry: Entry) -> tuple[float, dict]:
         fitted = np.stack([train[r].mean(0) for r in rows]) <= FIT_TOLERANCE
         for j, e in enumerate(epochs):
             at = np.flatnonzero(fitted[:, j])
-            if not len(at) or at[0] == 0:
+            if not len(at) or at[0] == 0 or at[0] == len(widths) - 1:
                 continue
             k = int(at[0])
+            if errs[k + 1:, j].min() >= errs[k, j]:  # no fall past it: wider models overfitting, not a peak
+                continue
             low = int(np.argmin(errs[:k, j]))
             rise = float(errs[k, j] - errs[low, j])
             if rise >= best[0]:

@@ -211,6 +211,23 @@ def test_the_threshold_peak_is_at_the_narrowest_fitted_width_of_its_epoch(tmp_pa
     assert peak_rise(entry)[0] < 0  # at the last epoch the error only falls with width
 
 
+def test_a_threshold_bump_that_keeps_rising_is_not_a_peak(tmp_path) -> None:
+    """Early in training wide models overfit first: an error that rises at the narrowest fitted width and keeps
+    rising past it is no double-descent peak."""
+    from explorer.labs.double_descent.results import threshold_peak
+
+    cache = Cache(tmp_path / "rt", tmp_path / "none")
+    spec = SweepSpec(name="rising", family="cnn5", label_noise=(0.2,), widths=(1, 2, 3, 4), seeds=(0,), epochs=1)
+    table = torch.zeros(4, 1, len(METRICS))
+    table[:, 0, METRICS.index("test_err")] = torch.tensor([0.5, 0.3, 0.35, 0.4])
+    table[:, 0, METRICS.index("train_err")] = torch.tensor([0.5, 0.3, 0.05, 0.0])
+    points = [{"width": w, "noise": 0.2, "seed": 0, "params": w, "wall_time_s": 1.0, "device": "cpu"}
+              for w in spec.widths]
+    cache.put(SWEEP_KIND, spec.key_config(), {"metric_names": list(METRICS), "epochs": [5], "points": points},
+              {"metrics": table}, {"sweep_name": "rising"})
+    assert threshold_peak(list_sweeps(cache)[0])[0] == float("-inf")
+
+
 def test_the_shipped_cifar10_sweep_peaks_at_the_threshold_before_its_last_epoch(tmp_path) -> None:
     from explorer.labs.double_descent.results import shows_peak, threshold_peak
 
