@@ -23,6 +23,17 @@ from typing import Any, Callable
 from explorer.core.report import Reporter
 
 POLL_S = 0.1  # how often the local thread looks for the task's news, its end, and a cancel
+CANCEL_GRACE_S = 2.0  # how long a cancelled task has to end on its interrupt before its worker is killed
+
+
+def _stop(ray: Any, ref: Any, grace_s: float = CANCEL_GRACE_S) -> None:
+    """Cancel a task: an interrupt first, so it can clean up; if it has not ended after grace_s, its worker process
+    is killed (ray.cancel force=True). An interrupt can be lost, for instance when it lands while the task sends its
+    news, and the task would then hold its CPU for good (seen in CI: a cancelled task still running 50 s later)."""
+    ray.cancel(ref)
+    ready, _ = ray.wait([ref], timeout=grace_s)
+    if not ready:
+        ray.cancel(ref, force=True)
 PUBLISH_EVERY_S = 0.2  # the task sends its newest progress at most this often (and once at the end)
 
 
@@ -144,7 +155,7 @@ class RayBackend:
                 try:
                     ctx.checkpoint()
                 except BaseException:
-                    ray.cancel(ref)
+                    _stop(ray, ref)
                     raise
             try:
                 return ray.get(ref)
