@@ -147,6 +147,20 @@ class _Buffers:
     x: torch.Tensor | None
 
 
+def _loss_gradient(z: torch.Tensor, y: torch.Tensor, logp: torch.Tensor, e: torch.Tensor, minus_one: torch.Tensor,
+                   loss: torch.Tensor | None, witness: torch.Tensor | None) -> torch.Tensor:
+    """From logits z (K, C, B) and labels y ((B,) shared or (K, B)): the witness and mean losses if asked for, and
+    d(sum of the mean losses)/d(logits) = (softmax - one-hot) / B into e (the 1 subtracted by scatter)."""
+    k, bsz = z.shape[0], z.shape[2]
+    if witness is not None:
+        torch.sum(z, (1, 2), out=witness)
+    target = y.view(1, 1, bsz).expand(k, 1, bsz) if y.dim() == 1 else y.unsqueeze(1)  # (K, 1, B)
+    torch._log_softmax(z, 1, False, out=logp)
+    if loss is not None:
+        torch.mean(logp.gather(1, target), (1, 2), out=loss).neg_()
+    return torch.exp(logp, out=e).scatter_add_(1, target, minus_one).mul_(1.0 / bsz)
+
+
 def _rows(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Models lo..hi-1 of a (K, ...) tensor: the tensor itself when that is all of it."""
     return t if lo == 0 and hi == t.shape[0] else t[lo:hi]
@@ -384,17 +398,10 @@ class FusedMLP:
                 self._plain_step(x, y, loss, witness)
             return
         with torch.no_grad():
-            k, bsz = self.k, x.shape[0]
+            bsz = x.shape[0]
             buf = self._buffers(True, bsz, x)
             xe, used, z = self._forward(x, buf, masks, buf.z, train=True)
-            if witness is not None:
-                torch.sum(z, (1, 2), out=witness)
-            target = y.view(1, 1, bsz).expand(k, 1, bsz) if y.dim() == 1 else y.unsqueeze(1)  # (K, 1, B)
-            logp = torch._log_softmax(z, 1, False, out=buf.logp)
-            if loss is not None:
-                torch.mean(logp.gather(1, target), (1, 2), out=loss).neg_()
-            # d(sum of the mean losses)/d(logits) = (softmax - one-hot) / B; the 1 is subtracted by scatter
-            g = torch.exp(logp, out=buf.e).scatter_add_(1, target, buf.minus_one).mul_(1.0 / bsz)  # (K, C, B)
+            g = _loss_gradient(z, y, buf.logp, buf.e, buf.minus_one, loss, witness)
             last = len(self.layers) - 1
             out = self.layers[-1]
             for lo, hi, d in self.runs:  # the output layer, per run of equal depth: its gradient and d(input)
@@ -455,13 +462,7 @@ class FusedMLP:
             a = h.nxt
         last = plan.hidden[-1]
         z = torch.bmm(plan.out_block_t, last.nxt_t, out=plan.z)
-        if witness is not None:
-            torch.sum(z, (1, 2), out=witness)
-        target = y.view(1, 1, bsz).expand(k, 1, bsz) if y.dim() == 1 else y.unsqueeze(1)  # (K, 1, B)
-        logp = torch._log_softmax(z, 1, False, out=plan.logp)
-        if loss is not None:
-            torch.mean(logp.gather(1, target), (1, 2), out=loss).neg_()
-        torch.exp(logp, out=plan.e).scatter_add_(1, target, plan.minus_one).mul_(1.0 / bsz)
+        _loss_gradient(z, y, plan.logp, plan.e, plan.minus_one, loss, witness)
         _bmm_into(last.nxt_t, plan.e_t, plan.out_gblock)
         torch.bmm(plan.e_t, last.w_next_t, out=last.dact)
         for i in range(len(plan.hidden) - 1, -1, -1):
