@@ -14,9 +14,8 @@ import argparse
 import sys
 from typing import Any
 
-import torch
-
-from explorer.core.cache import Cache, default_cache, shipped_cache
+from explorer.core.cache import Cache
+from explorer.core.command import add_device_option, add_ship_option, command_cache, command_device
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.data.datasets import DatasetUnavailable
@@ -37,8 +36,8 @@ def parser() -> argparse.ArgumentParser:
             ap.add_argument(f.flag, action=argparse.BooleanOptionalAction, default=None, help=f.help)
         else:
             ap.add_argument(f.flag, type=f.kind, default=None, help=f.help, choices=f.choices)
-    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the app's device)")
-    ap.add_argument("--ship", action="store_true", help="store the run in cache/shipped (to commit)")
+    add_device_option(ap)
+    add_ship_option(ap, "run")
     ap.add_argument("--list", action="store_true", help="print the table of kept runs and train nothing")
     return ap
 
@@ -82,7 +81,7 @@ def format_run(entry: W.Entry) -> str:
 
 
 def _runs_cache(args: argparse.Namespace) -> Cache:
-    return shipped_cache() if args.ship else default_cache()
+    return command_cache(args.ship)
 
 
 def main(argv: list[str]) -> int:
@@ -101,7 +100,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         with TerminalReporter() as report:
-            entry = W.run(cfg, cache, report, torch.device(args.device) if args.device else None)
+            entry = W.run(cfg, cache, report, command_device(args.device))
     except Diverged as exc:
         print(str(exc), file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from explorer.core.cache import default_cache, shipped_cache
+from explorer.core.command import add_ship_option, command_cache
 from explorer.core.report import TerminalReporter
 from explorer.labs.critical_points import lab
 from explorer.train.evaluate import exit_codes
@@ -22,12 +22,12 @@ def main(argv: list[str]) -> int:
     for f in dataclasses.fields(lab.CriticalConfig):
         ap.add_argument(lab.FLAGS[f.name], dest=f.name, type=type(f.default), default=f.default)
     ap.add_argument("--rows", type=int, default=20, help="runs printed (all: 0)")
-    ap.add_argument("--ship", action="store_true", help="store the result in cache/shipped (to commit)")
+    add_ship_option(ap)
     args = vars(ap.parse_args(argv))
     shown, ship = args.pop("rows"), args.pop("ship")
     cfg = lab.CriticalConfig(**args)
     with TerminalReporter() as report:
-        entry = lab.run(cfg, shipped_cache() if ship else default_cache(), report)
+        entry = lab.run(cfg, command_cache(ship), report)
     m, r = entry.metrics, entry.metrics["rows"]
     s = lab.summary(r)
     print(f"{m['target']} · 1-{cfg.hidden}-{cfg.hidden}-1 tanh ({m['params']} params) · {m['runs']} runs · "

@@ -12,7 +12,8 @@ import dataclasses
 import math
 import sys
 
-from explorer.core.cache import default_cache, shipped_cache
+from explorer.core.cache import default_cache
+from explorer.core.command import add_ship_option, command_cache
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
 from explorer.data.datasets import DatasetUnavailable
@@ -57,7 +58,7 @@ def _print_train(entry, cfg: lab.TrainConfig) -> None:
 
 
 def _train(args: argparse.Namespace, cfg: lab.TrainConfig) -> int:
-    cache = shipped_cache() if getattr(args, "shipped", False) else default_cache()
+    cache = command_cache(getattr(args, "ship", False))
     with TerminalReporter() as report:
         entry = lab.run(cfg, cache, report)
     _print_train(entry, cfg)
@@ -66,7 +67,7 @@ def _train(args: argparse.Namespace, cfg: lab.TrainConfig) -> int:
 
 def _range(args: argparse.Namespace) -> int:
     cfg = _config(lab.RangeConfig, args)
-    cache = shipped_cache() if args.shipped else default_cache()
+    cache = command_cache(args.ship)
     with TerminalReporter() as report:
         entry = lab.run(cfg, cache, report)
     m = entry.metrics
@@ -105,19 +106,16 @@ def main(argv: list[str]) -> int:
     sub = ap.add_subparsers(dest="which", required=True)
     p = sub.add_parser("train", help="one net with the triangular cyclical learning rate")
     _add_fields(p, lab.TrainConfig)
-    p.add_argument("--ship", "--shipped", dest="shipped", action="store_true",
-                   help="store the result in cache/shipped (to commit)")
+    add_ship_option(p)
     r = sub.add_parser("range", help="the LR range test and the suggested eta_min, eta_max")
     _add_fields(r, lab.RangeConfig)
-    r.add_argument("--ship", "--shipped", dest="shipped", action="store_true",
-                   help="store the result in cache/shipped (to commit)")
+    add_ship_option(r)
     _add_fields(sub.add_parser("search", help="coarse-to-fine search over lambda"), lab.SearchConfig)
     o = sub.add_parser("overfit", help="100 training images, no regularisation: train accuracy -> 100%")
     o.add_argument("--dataset", default="cifar10")
     o.add_argument("--model", default="two_layer")
     o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--ship", "--shipped", dest="shipped", action="store_true",
-                   help="store the result in cache/shipped (to commit)")
+    add_ship_option(o)
     args = ap.parse_args(argv)
     try:
         if args.which == "train":

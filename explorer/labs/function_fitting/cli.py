@@ -11,9 +11,8 @@ import argparse
 import dataclasses
 import time
 
-import torch
-
 from explorer.core.cache import default_cache
+from explorer.core.command import add_device_option, command_device
 from explorer.core.config import ConfigError
 from explorer.core.report import terminal_run, where
 from explorer.labs.function_fitting import fit1d, images
@@ -35,7 +34,7 @@ def _fit1d_config(args: argparse.Namespace) -> fit1d.FitConfig:
 def _run_1d(args: argparse.Namespace) -> int:
     cfg = _fit1d_config(args)
     start = time.perf_counter()
-    hist = fit1d.train(cfg, device=torch.device(args.device) if args.device else None)
+    hist = fit1d.train(cfg, device=command_device(args.device))
     wall = time.perf_counter() - start
     print(f"{fit1d.TARGETS[cfg.target].title} · {cfg.n_train} points · {cfg.activation} · Adam lr {cfg.lr:g} · "
           f"{cfg.epochs} epochs · {wall:.1f} s")
@@ -80,7 +79,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--lr", type=float, default=d1.lr)
     p.add_argument("--batch-size", type=int, default=d1.batch_size, help="0: full batch")
     p.add_argument("--seed", type=int, default=d1.seed)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the app's device)")
+    add_device_option(p)
     c = sub.add_parser("cnn", help="the shallow and the deep CNN, 112,970 parameters each")
     for f in f1:
         c.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)

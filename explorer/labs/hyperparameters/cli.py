@@ -11,9 +11,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-import torch
-
 from explorer.core.cache import default_cache
+from explorer.core.command import add_device_option, command_device
 from explorer.core.device import configure_threads
 from explorer.core.report import TerminalReporter
 from explorer.labs.hyperparameters import lab
@@ -99,12 +98,12 @@ def main(argv: list[str]) -> int:
     for name, cls in CONFIGS.items():
         p = sub.add_parser(name, help=HELP[name])
         _add_fields(p, cls)
-        p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the app's device)")
+        add_device_option(p)
         p.add_argument("--no-cache", action="store_true", help="compute afresh, do not read or write the cache")
     args = ap.parse_args(argv)
     configure_threads()
     cfg = _config(args.which, args)
-    device = torch.device(args.device) if args.device else None
+    device = command_device(args.device)
     with TerminalReporter() as report:
         if args.no_cache:
             result = lab.compute(cfg, report, device)

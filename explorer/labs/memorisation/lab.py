@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from explorer.core.cache import Cache, ComputeResult, Entry, default_cache, shipped_cache
+from explorer.core.cache import Cache, ComputeResult, Entry
+from explorer.core.command import add_ship_option, command_cache
 from explorer.core.config import ConfigError, check_choice, check_range
 from explorer.core.jobs import JobContext
 from explorer.core.report import SILENT, Reporter, TerminalReporter, part
@@ -444,11 +445,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--modes", type=_csv(str), default=None, help="comma-separated corruption modes")
     ap.add_argument("--ps", type=_csv(float), default=None, help="comma-separated p values (sweep-p)")
     ap.add_argument("--widths", type=_csv(int), default=None, help="comma-separated widths (sweep-width)")
-    ap.add_argument("--ship", "--shipped", dest="shipped", action="store_true",
-                    help="store the result in cache/shipped (to commit)")
+    add_ship_option(ap)
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
-    cache = shipped_cache() if args.shipped else default_cache()
+    cache = command_cache(args.ship)
     with TerminalReporter() as report:
         entry = run(cfg, cache, report)
     print(f"{cli_command(cfg)}\n{entry.meta.get('device')} · {entry.meta.get('wall_time_s', 0):.1f} s · "

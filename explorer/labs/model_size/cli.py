@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from explorer.core.cache import default_cache, shipped_cache
-from explorer.core.report import terminal_run, where
+from explorer.core.command import add_device_option, add_ship_option, command_run
+from explorer.core.report import where
 from explorer.labs.model_size import sizes
 from explorer.train.evaluate import exit_codes
 
@@ -50,13 +48,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the app's device)")
-    ap.add_argument("--ship", action="store_true", help="store the result in cache/shipped (to commit)")
+    add_device_option(ap)
+    add_ship_option(ap)
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
-    cache = shipped_cache() if args.ship else default_cache()
-    device = torch.device(args.device) if args.device else None
-    entry = terminal_run(lambda report: sizes.run(cfg, cache, report, device))
+    entry = command_run(args, lambda cache, report, device: sizes.run(cfg, cache, report, device))
     m = entry.metrics
     print(f"{sizes.cli_command(cfg)}\n{m['dataset']} · {m['n_train']} train / {m['n_test']} test images "
           f"{tuple(m['image_shape'])} · {m['epochs']} epochs · {m['seeds']} seed(s) per width · "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from explorer.core.cache import default_cache, shipped_cache
+from explorer.core.command import add_ship_option, command_cache
 from explorer.core.report import terminal_run
 from explorer.labs.sharpness import lab
 from explorer.train.evaluate import exit_codes
@@ -38,11 +38,11 @@ def main(argv: list[str]) -> int:
         if f.name in lab.FLAGS:
             ap.add_argument(lab.FLAGS[f.name], dest=f.name, type=type(f.default), default=f.default)
     ap.add_argument("--power-tol", type=float, default=d.power_tol)
-    ap.add_argument("--ship", action="store_true", help="store the result in cache/shipped (to commit)")
+    add_ship_option(ap)
     args = vars(ap.parse_args(argv))
     ship = args.pop("ship")
     cfg = lab.SharpConfig(**{**args, "batch_sizes": tuple(args["batch_sizes"])})
-    entry = terminal_run(lambda report: lab.run(cfg, shipped_cache() if ship else default_cache(), report))
+    entry = terminal_run(lambda report: lab.run(cfg, command_cache(ship), report))
     m = entry.metrics
     fixed = f"{cfg.steps:,} SGD steps each" if cfg.budget == "steps" else f"{cfg.epochs} epochs each"
     print(f"{m['dataset']} · {m['network']} ({m['params']:,} params) · lr {cfg.lr:g} · {fixed} · Hessian and "

@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-from explorer.core.cache import default_cache, shipped_cache
+from explorer.core.command import add_device_option, add_ship_option, command_run
 from explorer.core.config import ConfigError
-from explorer.core.report import terminal_run
 from explorer.labs.transfer_learning import source as src
 from explorer.labs.transfer_learning import transfer as tl
 from explorer.train.evaluate import exit_codes
@@ -82,8 +79,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--source-lr", type=float, default=s.lr)
     ap.add_argument("--source-batch-size", type=int, default=s.batch_size)
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the app's device)")
-    ap.add_argument("--ship", action="store_true", help="store the result in cache/shipped (to commit)")
+    add_device_option(ap)
+    add_ship_option(ap)
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     weights = args.weights
@@ -92,9 +89,7 @@ def main(argv: list[str]) -> int:
             print("could not download the ImageNet weights (offline?): using the self-trained source",
                   file=sys.stderr)
     plan = tl.resolve(cfg, weights)
-    cache = shipped_cache() if args.ship else default_cache()
-    device = torch.device(args.device) if args.device else None
-    entry = terminal_run(lambda report: tl.run(cfg, cache, report, device, weights))
+    entry = command_run(args, lambda cache, report, device: tl.run(cfg, cache, report, device, weights))
     m = entry.metrics
     source = m["source"]
     print(f"{tl.cli_command(plan.cfg, weights)}\n{m['dataset']}: {' vs '.join(m['classes'])} · {m['n_train']} train / "

@@ -120,7 +120,7 @@ def test_cache_and_cli(tmp_path, capsys, monkeypatch):
                                    "--n-train 400 --n-val 100 --n-test 50 --epochs 2 --batch-size 16")
     assert sets.cached(cfg, Cache(tmp_path / "c")) is not None
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cli"))
-    monkeypatch.setattr(cli, "default_cache", lambda: Cache(tmp_path / "cli"))
+    monkeypatch.setattr("explorer.core.command.default_cache", lambda: Cache(tmp_path / "cli"))
     assert cli.main(["--layers", "1", "--widths", "8", "--n-train", "200", "--n-val", "50", "--n-test", "20",
                      "--epochs", "2", "--test-sizes", "5,20", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

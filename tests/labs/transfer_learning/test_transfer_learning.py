@@ -159,7 +159,7 @@ def test_out_of_range_settings_are_refused():
 
 def test_cli_prints_the_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cli, "default_cache", lambda: Cache(tmp_path))
+    monkeypatch.setattr("explorer.core.command.default_cache", lambda: Cache(tmp_path))
     assert cli.main(["--dataset", "digits", "--classes", "3,8", "--n-train", "60", "--n-test", "40", "--epochs", "1",
                      "--finetune-lrs", "1e-3", "--hgb-iters", "10", "--source", "self", "--source-width", "0.25",
                      "--source-per-class", "20", "--source-epochs", "1", "--device", "cpu"]) == 0
