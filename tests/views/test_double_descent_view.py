@@ -176,6 +176,31 @@ def test_a_sweep_whose_peak_flattens_by_its_last_epoch_opens_at_the_epoch_it_sho
     assert any(i.value.startswith(f"What to look for: at epoch {epoch} and 20% label noise") for i in at.info)
 
 
+@pytest.mark.parametrize("name", ["fashion-cnn5-noise40", "mnist1d-mlp-notebook"])
+def test_the_threshold_rule_stands_at_the_peak_it_is_said_to_be_near(name: str) -> None:
+    """The dotted rule marks where the models have fitted their training labels at Nakkiran et al.'s tolerance (train
+    error 0.1 or less): in the shipped sweeps with a last-epoch peak it stands at the peak's width (a strict 0 put it
+    at k = 6 for fashion-cnn5-noise40's peak at k = 3, and at h = 61 for the notebook's peak at h = 47)."""
+    import json
+
+    import pyarrow as pa
+
+    from explorer.labs.double_descent.results import list_sweeps, peak_rise
+    from views.widgets import app_cache
+
+    entry = next((e for e in list_sweeps(app_cache()) if e.shipped and e.config["name"] == name), None)
+    if entry is None:
+        pytest.skip(f"{name} is not shipped")
+    at = _app(sweep=entry.key[:10])
+    assert not at.exception
+    peak = peak_rise(entry)[1]
+    chart = at.get("vega_lite_chart")[0].proto  # the model-wise chart; its data sets travel beside the spec
+    rule = next(layer for layer in json.loads(chart.spec)["layer"] if layer.get("mark", {}).get("type") == "rule")
+    arrow = next(d.data.data for d in chart.datasets if d.name == rule["data"]["name"])
+    rows = pa.ipc.open_stream(arrow).read_all().to_pylist()
+    assert {r["label noise"]: r["x"] for r in rows}[f"{round(100 * peak['noise'], 1)}%"] == peak["peak_width"]
+
+
 def test_other_visitors_sweeps_are_neither_listed_nor_the_default(sweeps: tuple[str, str]) -> None:
     """Sweeps computed outside this session (another student's live sweep) stay out of this session's selector
     and never become its default; the shipped ones are listed."""
