@@ -157,6 +157,21 @@ def test_configs_refuse_out_of_range_settings_with_the_range():
         lab.TrainConfig(batch_size=0)
 
 
+@pytest.mark.parametrize("n, d", [(777, 64), (2000, 784), (1500, 3072), (300, 600)])
+def test_statistics_by_column_blocks_are_those_of_one_float_copy_bit_for_bit(n, d):
+    """load_data's per-pixel mean and std, STAT_COLUMNS columns at a time (a block's float copy, not the whole
+    split's), equal those of one float copy of all the chosen rows bit for bit, for uint8 and float rows: the
+    normalisation of every result, shipped ones included, is unchanged."""
+    g = torch.Generator().manual_seed(d)
+    raw = torch.randint(0, 256, (n + 50, d), generator=g, dtype=torch.uint8)
+    raw[:, :3] = 7  # constant pixels: std clamped
+    rows = torch.randperm(n + 50, generator=g)[:n]
+    for flat in (raw, raw.float() / 3):
+        whole = flat[rows].float().div_(255.0) if flat.dtype == torch.uint8 else flat[rows].float()
+        mean, std = lab.column_stats(flat, rows)
+        assert torch.equal(mean, whole.mean(0)) and torch.equal(std, whole.std(0).clamp_min(1e-3))
+
+
 def test_results_are_cached_by_config(tmp_path, toy):
     cache = Cache(tmp_path / "c")
     cfg = lab.TrainConfig(dataset="digits", n_s=10, cycles=1, batch_size=50)
