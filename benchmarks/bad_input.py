@@ -738,6 +738,15 @@ def _warm_up(work: Path, only: tuple[str, ...], pages: tuple[str, ...] | None) -
     _run_folder(work, ".png", _pil_bytes("PNG"))
     _run_zip(_zip(list(_good_images().items())))
     if "url" in only:
+        # An accepted setting may start a page's training job, whose data set is decoded once per process (then
+        # read from the server's cache) whoever asks first: paid here, as the imports are, and read through once
+        # (a cached set is memory-mapped), so that no case is charged for it (CIFAR-10's first decode: 610 MB).
+        for name, source in D.NAMES.items():
+            for split in () if source.embedded else ("train", "test"):
+                try:
+                    D.load(name, split).x.sum()
+                except D.DatasetUnavailable:
+                    pass
         for slug in page_schemas():
             if not pages or slug in pages:
                 _run_url(slug, {})
