@@ -55,7 +55,7 @@ MAX_IMAGE_FILE_BYTES = 16 * 2**20  # one image file; a 512x512 image, even 16-bi
 BOMB_PIXELS = 64 * MAX_IMAGE_SIDE**2  # Pillow's decompression-bomb limit in this process (it refuses twice this)
 FOLDER_TEST_FRACTION = 0.2  # held out as "test" when a folder has no train/ and test/ subfolders
 MIN_CLASS_IMAGES = 2  # per class when a folder is split by us: one to train on and one to test
-MEMO_SIZE = 6  # data sets kept in memory by this process, so a page rerun costs nothing
+MEMO_SIZE = 6  # folder and upload sets kept in memory by this process (registered sets: one each, kept)
 MAX_UPLOADS_KEPT = 16  # uploaded archives kept in memory (each at most settings.max_upload_mb); older ones forgotten
 DECODE_THREADS = 2  # Pillow releases the GIL while decoding
 MAX_SHOWN_NAME = 200  # characters of a file or folder name quoted in a message
@@ -785,13 +785,21 @@ def _source(name: str) -> Source:
 
 # A plain dict in insertion order (oldest first), not an OrderedDict: CI once saw an OrderedDict whose key was in
 # the table but not in its order list (KeyError in move_to_end under this lock); a dict has only the one structure.
-_memo: dict[str, ArrayDataset] = {}
+_memo: dict[str, ArrayDataset] = {}  # folders' and uploads' sets: the MEMO_SIZE latest
+# A registered set's split ("cifar10|train") -> (its key, the set), one each and never evicted: a server whose pages
+# use them all holds each once (about 400 MB for MNIST, Fashion-MNIST, CIFAR-10 and the embedded sets), where an LRU
+# of MEMO_SIZE re-read them from the disk cache, at twice their size, as visitors moved between pages.
+_kept: dict[str, tuple[str, ArrayDataset]] = {}
 _memo_lock = threading.Lock()
 
 
-def _remember(key: str, ds: ArrayDataset) -> ArrayDataset:
-    """Keep a loaded set in the process's memo (the MEMO_SIZE latest)."""
+def _remember(key: str, ds: ArrayDataset, slot: str | None = None) -> ArrayDataset:
+    """Keep a loaded set: a registered one in its slot (replacing that slot's earlier set), else in the memo of the
+    MEMO_SIZE latest."""
     with _memo_lock:
+        if slot is not None:
+            _kept[slot] = (key, ds)
+            return ds
         _memo.pop(key, None)
         _memo[key] = ds
         while len(_memo) > MEMO_SIZE:
@@ -799,13 +807,23 @@ def _remember(key: str, ds: ArrayDataset) -> ArrayDataset:
     return ds
 
 
-def _recall(key: str) -> ArrayDataset | None:
-    """A memoised set, or None (moved to the newest end: a plain dict keeps insertion order)."""
+def _recall(key: str, slot: str | None = None) -> ArrayDataset | None:
+    """A kept or memoised set, or None (a memoised one moves to the newest end: a plain dict keeps insertion order)."""
     with _memo_lock:
+        if slot is not None:
+            kept = _kept.get(slot)
+            return kept[1] if kept is not None and kept[0] == key else None
         ds = _memo.pop(key, None)
         if ds is not None:
             _memo[key] = ds
     return ds
+
+
+def forget_loaded() -> None:
+    """Drop every set this process holds (tests: the next load reads the disk cache or decodes)."""
+    with _memo_lock:
+        _memo.clear()
+        _kept.clear()
 
 
 def load(name: str, split: str = "train", *, data_dir: Path | None = None,
@@ -832,12 +850,13 @@ def load(name: str, split: str = "train", *, data_dir: Path | None = None,
 
     cache = cache or default_cache()
     key = f"{cache.root}|{key_for(CACHE_KIND, config)}"
-    ds = _recall(key)
+    slot = f"{name}|{split}" if name in NAMES else None
+    ds = _recall(key, slot)
     if ds is not None:
         return ds
     entry = cache.get_or_compute(CACHE_KIND, config, compute)
     t = entry.tensors()
-    return _remember(key, ArrayDataset(name, t["x"], t["y"], tuple(entry.metrics["classes"])))
+    return _remember(key, ArrayDataset(name, t["x"], t["y"], tuple(entry.metrics["classes"])), slot)
 
 
 def load_or_fallback(

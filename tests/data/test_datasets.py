@@ -26,7 +26,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own data folder, no downloads and an empty memo (tests of the disk cache pass their own)."""
     monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("EXPLORER_OFFLINE", "1")
-    D._memo.clear()
+    D.forget_loaded()
 
 
 def _images(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -69,10 +69,26 @@ def test_second_load_comes_from_the_disk_cache(tmp_path: Path, monkeypatch: pyte
     cache = Cache(tmp_path / "cache")
     first = D.load("digits", "test", cache=cache)
     assert len(cache.entries(D.CACHE_KIND)) == 1  # decoded now, into this cache
-    D._memo.clear()
+    D.forget_loaded()
     monkeypatch.setattr("sklearn.datasets.load_digits", lambda: pytest.fail("decoded twice"))
     second = D.load("digits", "test", cache=cache)
     assert torch.equal(first.x, second.x) and torch.equal(first.y, second.y)
+
+
+def test_registered_sets_stay_loaded_while_folder_sets_come_and_go(tmp_path: Path) -> None:
+    """A registered set's split is held once and never evicted; folders' (and uploads') sets share an LRU of
+    MEMO_SIZE: a server whose visitors move between pages does not re-read CIFAR-10 from disk each time."""
+    digits = D.load("digits", "train")
+    folders = []
+    for i in range(D.MEMO_SIZE + 1):
+        _write_folder(tmp_path / f"set{i}" / "train", {"a": 2, "b": 2}, seed=i)
+        _write_folder(tmp_path / f"set{i}" / "test", {"a": 1, "b": 1}, seed=i)
+        folders.append(D.load(f"folder:{tmp_path / f'set{i}'}", "train"))
+    assert D.load("digits", "train") is digits
+    assert D.load(f"folder:{tmp_path / 'set0'}", "train") is not folders[0]  # the oldest folder set was dropped
+    assert D.load(f"folder:{tmp_path / f'set{D.MEMO_SIZE}'}", "train") is folders[-1]
+    D.forget_loaded()
+    assert D.load("digits", "train") is not digits
 
 
 # ---------------------------------------------------------------- real formats
@@ -138,7 +154,7 @@ def test_image_folder_without_splits_is_split_and_change_is_noticed(tmp_path: Pa
     train, test = D.load(name, "train"), D.load(name, "test")
     assert D.class_counts(train) == [8, 4] and D.class_counts(test) == [2, 1]
     _write_folder(tmp_path / "pics", {"a": 10, "b": 10})
-    D._memo.clear()
+    D.forget_loaded()
     assert D.class_counts(D.load(name, "train")) == [8, 8]
 
 

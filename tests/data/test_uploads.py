@@ -30,7 +30,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXPLORER_OFFLINE", "1")
     for key in ("MAX_UPLOAD_MB", "MAX_ARCHIVE_MB", "MAX_ARCHIVE_FILES", "DATA_ROOTS"):
         monkeypatch.delenv(f"EXPLORER_{key}", raising=False)
-    D._memo.clear()
+    D.forget_loaded()
     D._uploads.clear()
 
 

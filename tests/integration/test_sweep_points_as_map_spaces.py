@@ -22,7 +22,7 @@ from explorer.labs.double_descent.spec import SweepSpec
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cache:
     """This test's own cache, no downloads."""
     monkeypatch.setenv("EXPLORER_OFFLINE", "1")
-    D._memo.clear()
+    D.forget_loaded()
     return Cache(tmp_path / "cache")
 
 

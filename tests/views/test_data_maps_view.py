@@ -26,7 +26,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_cache) -> No
     """Own cache; the shared data folder when present; no downloads."""
     monkeypatch.setenv("EXPLORER_DATA_DIR", str(SHARED if SHARED.is_dir() else tmp_path / "data"))
     monkeypatch.setenv("EXPLORER_OFFLINE", "1")
-    D._memo.clear()
+    D.forget_loaded()
 
 
 def _unescaped(text: str) -> str:

@@ -14,7 +14,7 @@ from explorer.data import datasets as D
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     """No downloads."""
     monkeypatch.setenv("EXPLORER_OFFLINE", "1")
-    D._memo.clear()
+    D.forget_loaded()
 
 
 @pytest.fixture

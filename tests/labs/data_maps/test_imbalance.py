@@ -22,7 +22,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Own cache, no downloads."""
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("EXPLORER_OFFLINE", "1")
-    D._memo.clear()
+    D.forget_loaded()
 
 
 def test_a_rare_class_loses_recall() -> None:
