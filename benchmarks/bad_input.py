@@ -740,7 +740,7 @@ def _warm_up(work: Path, only: tuple[str, ...], pages: tuple[str, ...] | None) -
     if "url" in only:
         # An accepted setting may start a page's training job, whose data set is decoded once per process (then
         # read from the server's cache) whoever asks first: paid here, as the imports are, and read through once
-        # (a cached set is memory-mapped), so that no case is charged for it (CIFAR-10's first decode: 610 MB).
+        # (its pages made resident), so that no case is charged for it (CIFAR-10's first decode: 610 MB).
         for name, source in D.NAMES.items():
             for split in () if source.embedded else ("train", "test"):
                 try:
