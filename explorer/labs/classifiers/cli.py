@@ -14,7 +14,6 @@ import argparse
 import sys
 from typing import Any
 
-from explorer.core.cache import Cache
 from explorer.core.command import add_device_option, add_ship_option, command_cache, command_device
 from explorer.core.config import ConfigError
 from explorer.core.report import TerminalReporter
@@ -80,15 +79,11 @@ def format_run(entry: W.Entry) -> str:
     return "\n".join(lines)
 
 
-def _runs_cache(args: argparse.Namespace) -> Cache:
-    return command_cache(args.ship)
-
-
 def main(argv: list[str]) -> int:
     """Run (or read) one classifier and print it and the table of kept runs; 2 for a refused setting, 1 for a
     diverged run."""
     args = parser().parse_args(argv)
-    cache = _runs_cache(args)
+    cache = command_cache(args.ship)
     if args.list:
         print(format_table(W.compare(W.runs(cache))))
         return 0

@@ -58,7 +58,7 @@ def _print_train(entry, cfg: lab.TrainConfig) -> None:
 
 
 def _train(args: argparse.Namespace, cfg: lab.TrainConfig) -> int:
-    cache = command_cache(getattr(args, "ship", False))
+    cache = command_cache(args.ship)
     with TerminalReporter() as report:
         entry = lab.run(cfg, cache, report)
     _print_train(entry, cfg)
